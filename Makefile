@@ -1,0 +1,44 @@
+# segserve developer entry points; CI calls `make test` (see .ci/run).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
+
+.DEFAULT_GOAL := help
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create/refresh .venv (torch pinned to the CPU-sized 2.13.0 by constraints.txt)
+
+serve: $(STAMP) ## Start the service on :8000 (serve run serve_config.yaml)
+	$(BIN)/serve run serve_config.yaml
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check deployments clients tests benchmarks
+	$(BIN)/ruff format --check deployments clients tests benchmarks
+	$(BIN)/mypy deployments clients
+
+format: $(STAMP) ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix deployments clients tests benchmarks
+	$(BIN)/ruff format deployments clients tests benchmarks
+
+test: lint ## Lint, then the whole test suite (unit, integration, e2e)
+	$(BIN)/pytest tests
+
+bench: $(STAMP) ## Benchmarks (JSON on stdout): overhead and photos
+	$(BIN)/python -m benchmarks.overhead
+	$(BIN)/python -m benchmarks.photos
+
+clean: ## Remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: help install serve lint format test bench clean

@@ -1,0 +1,94 @@
+"""The adapter interface: the only layer that imports a model framework.
+
+An adapter loads one model (from a hub id, a directory, a config + checkpoint),
+says what input it wants (:class:`InputSpec`), and turns a batch of uint8 RGB
+images into label maps at the sizes asked for. It never sees HTTP, gRPC or Ray.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+
+from deployments.pipeline.imaging import InputSpec
+
+if TYPE_CHECKING:
+    from deployments.config import ModelConfig
+
+logger = logging.getLogger("segserve.adapters")
+
+Weights = Literal["pretrained", "random"]
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """Where a replica runs its model, decided from what Ray gave it."""
+
+    kind: Literal["cpu", "cuda"]
+    cpu_threads: int
+    #: Why the replica is on CPU although a GPU was asked for, if it is.
+    fallback_reason: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "cpu_threads": self.cpu_threads,
+            "fallback_reason": self.fallback_reason,
+        }
+
+
+class SegmentationAdapter(abc.ABC):
+    """One framework's model behind the one interface the model server uses."""
+
+    framework: ClassVar[str]
+
+    #: What the gateway must hand over.
+    input_spec: InputSpec
+    #: Class names, index = class id.
+    labels: list[str]
+    #: "pretrained" or "random": shown in every response.
+    weights: Weights
+    #: Why the model runs on random weights, when it does.
+    weights_note: str | None = None
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, config: ModelConfig, device: DevicePlan) -> SegmentationAdapter:
+        """Build the model; raise ModelLoadError with an actionable message if it cannot."""
+
+    @abc.abstractmethod
+    def predict_batch(
+        self, images: Sequence[np.ndarray], output_sizes: Sequence[tuple[int, int]]
+    ) -> list[np.ndarray]:
+        """Label maps (uint8, or uint16 past 256 classes) at each (width, height) asked for.
+
+        ``images`` are HxWx3 uint8 at ``input_spec`` sizes; each output size keeps
+        the arg-max resolution bounded (the caller never asks for a huge one).
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for ``/v1/models``."""
+        return {
+            "framework": self.framework,
+            "weights": self.weights,
+            "weights_note": self.weights_note,
+            "num_labels": len(self.labels),
+            "input_spec": self.input_spec.to_dict(),
+        }
+
+    def label_dtype(self) -> type[np.generic]:
+        return np.uint8 if len(self.labels) <= 256 else np.uint16
+
+
+def adapter_class(framework: str) -> type[SegmentationAdapter]:
+    """The adapter for a framework name; imported lazily so a replica loads only its own."""
+    if framework == "hf_segformer":
+        from deployments.adapters.hf_segformer import HFSegformerAdapter
+
+        return HFSegformerAdapter
+    raise ValueError(f"unknown framework {framework!r}")

@@ -1,0 +1,92 @@
+"""Torch helpers shared by the PyTorch adapters: device choice and the bounded arg-max."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from deployments.adapters.base import DevicePlan
+
+logger = logging.getLogger("segserve.adapters")
+
+#: Classes upsampled at once in :func:`upsample_argmax`; bounds its memory to
+#: ``CLASS_CHUNK x out_h x out_w`` floats whatever the number of classes.
+CLASS_CHUNK = 16
+
+
+def plan_device(gpus_assigned: float, cpus_assigned: float, cpu_threads: int | None) -> DevicePlan:
+    """CUDA when the replica was given a GPU and one is visible, else CPU with matched threads."""
+    threads = cpu_threads or max(1, math.ceil(cpus_assigned))
+    if gpus_assigned > 0:
+        if torch.cuda.is_available():
+            return DevicePlan(kind="cuda", cpu_threads=threads)
+        return DevicePlan(
+            kind="cpu",
+            cpu_threads=threads,
+            fallback_reason=f"{gpus_assigned:g} GPU assigned but CUDA is not available here",
+        )
+    return DevicePlan(kind="cpu", cpu_threads=threads)
+
+
+def apply_cpu_threads(plan: DevicePlan) -> None:
+    torch.set_num_threads(plan.cpu_threads)
+
+
+def autocast_dtype(
+    plan: DevicePlan, precision: Literal["auto", "fp32", "fp16", "bf16"]
+) -> torch.dtype | None:
+    """The autocast dtype for this device, or None for full fp32."""
+    if plan.kind != "cuda" or precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+@contextlib.contextmanager
+def inference_context(plan: DevicePlan, dtype: torch.dtype | None) -> Iterator[None]:
+    with torch.inference_mode():
+        if dtype is None:
+            yield
+        else:
+            with torch.autocast(device_type=plan.kind, dtype=dtype):
+                yield
+
+
+def upsample_argmax(
+    logits: torch.Tensor, height: int, width: int, label_dtype: torch.dtype
+) -> torch.Tensor:
+    """Arg-max over classes of bilinearly upsampled logits, without holding them all.
+
+    Equals ``F.interpolate(logits[None], (height, width), mode="bilinear",
+    align_corners=False)[0].argmax(0)`` (what HuggingFace's
+    ``post_process_semantic_segmentation`` computes), including ties, which go
+    to the lowest class id as in ``argmax``, but upsamples ``CLASS_CHUNK``
+    classes at a time.
+    """
+    logits = logits.float()
+    best_value: torch.Tensor | None = None
+    best_index = torch.zeros((height, width), dtype=torch.int64, device=logits.device)
+    for start in range(0, logits.shape[0], CLASS_CHUNK):
+        chunk = F.interpolate(
+            logits[None, start : start + CLASS_CHUNK],
+            size=(height, width),
+            mode="bilinear",
+            align_corners=False,
+        )[0]
+        value, index = chunk.max(dim=0)
+        if best_value is None:
+            best_value, best_index = value, index
+        else:
+            better = value > best_value  # strict: ties keep the lower class id
+            best_value = torch.where(better, value, best_value)
+            best_index = torch.where(better, index + start, best_index)
+    return best_index.to(label_dtype)

@@ -1,0 +1,196 @@
+"""Typed configuration: the ``args`` of the application in serve_config.yaml.
+
+Every model is strict (``extra="forbid"``): a misspelt key is an error that
+names the key's full path, e.g. ``models.0.batching.max_batch_sise``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from deployments.pipeline.imaging import DEFAULT_FORMATS, ImageLimits
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class BatchingConfig(StrictModel):
+    max_batch_size: int = Field(default=8, ge=1, le=256)
+    """Most requests in one batch."""
+
+    max_batch_pixels: int = Field(default=8 * 512 * 512, ge=1)
+    """Most input pixels (sum of width x height as the model sees them) in one batch."""
+
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=10)
+    """How long a batch waits for more requests after its first one arrives."""
+
+    max_concurrent_batches: int = Field(default=1, ge=1, le=16)
+    """Batches one replica runs at once (more than 1 only helps on a GPU)."""
+
+
+class ModelConfig(StrictModel):
+    name: str
+    """The model's name in the API (``model=<name>``): letters, digits, ``.``, ``_``, ``-``."""
+
+    framework: Literal["hf_segformer"]
+    """Which adapter serves it."""
+
+    source: str
+    """HuggingFace hub id (``nvidia/segformer-b0-finetuned-ade-512-512``) or a local directory."""
+
+    weights: Literal["pretrained", "random", "auto"] = "auto"
+    """``pretrained``: load the source's weights or fail; ``random``: build the architecture
+    with random weights; ``auto``: pretrained when reachable, else random with a warning."""
+
+    architecture: str | None = None
+    """Variant to build when weights are random and the source has no config (``b0``..``b5``);
+    by default read from the source name."""
+
+    labels: Literal["ade20k", "cityscapes"] | None = None
+    """Label set for random weights when the source has no config; by default from the name."""
+
+    seed: int = 0
+    """Seed for random weights, so every replica of a random model answers alike."""
+
+    quality: float | None = Field(default=None, ge=0, le=100)
+    """Accuracy figure used to rank models (e.g. ADE20K mIoU)."""
+
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """``auto``: bf16 (or fp16) autocast on CUDA, fp32 on CPU."""
+
+    compile: bool = False
+    """``torch.compile`` the model and warm it up at replica start (slow start, faster batches)."""
+
+    cpu_threads: int | None = Field(default=None, ge=1, le=256)
+    """Torch threads on CPU; by default the CPUs Ray gave the replica (rounded up)."""
+
+    label_max_pixels: int = Field(default=512 * 512, ge=1024)
+    """Resolution bound for the arg-max: logits are upsampled to the original size only up
+    to this many pixels; larger originals get a nearest-neighbour upscale of the label map."""
+
+    batching: BatchingConfig = BatchingConfig()
+    """Request batching in the replica."""
+
+    num_replicas: int = Field(default=1, ge=1)
+    num_cpus: float = Field(default=1.0, ge=0)
+    """CPUs reserved per replica in Ray."""
+    num_gpus: float = Field(default=0.0, ge=0)
+    """GPUs per replica in Ray (fractional shares allowed)."""
+
+    max_ongoing_requests: int = Field(default=32, ge=1)
+    """Requests a replica accepts at once (what it can batch from)."""
+
+    max_queued_requests: int = Field(default=256, ge=-1)
+    """Requests waiting for a replica before new ones get 503; -1 is unbounded."""
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if value == "auto" or not _NAME.match(value):
+            raise ValueError(
+                "model names use letters, digits, '.', '_' and '-' (at most 63) and are not 'auto'"
+            )
+        return value
+
+
+class LimitsConfig(StrictModel):
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    """Largest request body (413 above)."""
+
+    max_image_pixels: int = Field(default=100_000_000, ge=1)
+    """Largest image, width x height as stored (413 above; stops decompression bombs)."""
+
+    formats: list[str] = Field(default_factory=lambda: sorted(DEFAULT_FORMATS))
+    """Accepted image formats, by Pillow name."""
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(
+            max_bytes=self.max_request_bytes,
+            max_pixels=self.max_image_pixels,
+            formats=frozenset(f.upper() for f in self.formats),
+        )
+
+
+class GatewayConfig(StrictModel):
+    default_model: str | None = None
+    """Model used for ``model=auto``; by default the first model listed."""
+
+    limits: LimitsConfig = LimitsConfig()
+    """Size limits for uploads."""
+
+    png_compress_level: int = Field(default=1, ge=0, le=9)
+    """zlib level of the label PNG (1 is fast and label maps compress well)."""
+
+    num_replicas: int = Field(default=1, ge=1)
+    num_cpus: float = Field(default=0.5, ge=0)
+    """CPUs reserved per gateway replica (decode, resize and encode run here)."""
+
+    max_ongoing_requests: int = Field(default=64, ge=1)
+
+
+class AppArgs(StrictModel):
+    """The ``args`` of the segserve application in serve_config.yaml."""
+
+    models: list[ModelConfig] = Field(min_length=1)
+    gateway: GatewayConfig = GatewayConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AppArgs:
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
+        default = self.gateway.default_model
+        if default is not None and default not in names:
+            raise ValueError(
+                f"gateway.default_model {default!r} is not a configured model "
+                f"({', '.join(names)})"
+            )
+        return self
+
+    @property
+    def default_model(self) -> str:
+        return self.gateway.default_model or self.models[0].name
+
+
+def deployment_name(model: str) -> str:
+    """The Ray Serve deployment that serves a model."""
+    return f"model_{model}"
+
+
+class ConfigError(ValueError):
+    """A configuration file or dict that does not validate; the message lists key paths."""
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"{path}: {item['msg']}")
+    return "invalid segserve config:\n  " + "\n  ".join(lines)
+
+
+def parse_args(args: dict[str, Any]) -> AppArgs:
+    """Validate an application's ``args`` dict, with key paths in the error."""
+    try:
+        return AppArgs.model_validate(args)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
+def load_serve_config(path: str | Path, app_name: str | None = None) -> AppArgs:
+    """Read serve_config.yaml and validate the segserve application's args."""
+    document = yaml.safe_load(Path(path).read_text())
+    apps = document.get("applications") or []
+    for app in apps:
+        if app_name is None or app.get("name") == app_name:
+            return parse_args(app.get("args") or {})
+    raise ConfigError(f"no application {app_name!r} in {path}")

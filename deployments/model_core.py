@@ -1,0 +1,150 @@
+"""The model server's Ray-free core: one adapter, batches in, predictions out.
+
+:class:`ModelCore` owns the adapter and everything a replica does per batch
+(dropping requests whose deadline has passed, timing, statistics). The Ray
+deployment in ``model_server.py`` adds only ``@serve.batch`` around it, and
+:class:`LocalEndpoint` lets benchmarks and GPU checks run the same core
+without Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import resource
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from deployments.adapters.base import DevicePlan, SegmentationAdapter, adapter_class
+from deployments.config import ModelConfig
+from deployments.pipeline.errors import DeadlineExceeded, SegServeError
+from deployments.pipeline.service import ModelCard, Prediction, PredictRequest
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class ModelCore:
+    def __init__(self, config: ModelConfig, device: DevicePlan) -> None:
+        started = time.perf_counter()
+        self.config = config
+        self.device = device
+        self.adapter: SegmentationAdapter = adapter_class(config.framework).load(config, device)
+        self.load_s = time.perf_counter() - started
+        self._lock = threading.Lock()
+        self.stats: dict[str, float] = {
+            "requests": 0,
+            "batches": 0,
+            "expired": 0,
+            "largest_batch": 0,
+            "largest_input_pixels": 0,
+        }
+
+    def card(self) -> ModelCard:
+        return ModelCard(
+            name=self.config.name,
+            framework=self.adapter.framework,
+            weights=self.adapter.weights,
+            weights_note=self.adapter.weights_note,
+            labels=list(self.adapter.labels),
+            input_spec=self.adapter.input_spec,
+            label_max_pixels=self.config.label_max_pixels,
+        )
+
+    def batch_cost(self, request: PredictRequest) -> int:
+        """A request's share of a batch in slots of ``max_batch_size``.
+
+        Each request costs at least one slot and more when its pixels would
+        exceed its share of ``max_batch_pixels``, so a batch whose costs sum to
+        at most ``max_batch_size`` respects both the count and the pixel budget.
+        """
+        batching = self.config.batching
+        slots = math.ceil(request.pixels * batching.max_batch_size / batching.max_batch_pixels)
+        return min(batching.max_batch_size, max(1, slots))
+
+    def run_batch(self, requests: Sequence[PredictRequest]) -> list[Prediction | SegServeError]:
+        """Run one batch; expired requests get DeadlineExceeded and use no model time."""
+        batch_start = time.time()
+        results: list[Prediction | SegServeError] = []
+        live = [r for r in requests if r.deadline is None or r.deadline > batch_start]
+        live_ids = {id(r) for r in live}
+        inference_ms = 0.0
+        labels = []
+        if live:
+            began = time.perf_counter()
+            labels = self.adapter.predict_batch(
+                [r.image for r in live], [r.label_size for r in live]
+            )
+            inference_ms = (time.perf_counter() - began) * 1000
+        outputs = iter(labels)
+        for request in requests:
+            if id(request) in live_ids:
+                results.append(
+                    Prediction(
+                        labels=next(outputs),
+                        queue_ms=(batch_start - request.sent_at) * 1000,
+                        inference_ms=inference_ms,
+                        batch_size=len(live),
+                    )
+                )
+            else:
+                late_ms = (batch_start - (request.deadline or batch_start)) * 1000
+                results.append(
+                    DeadlineExceeded(
+                        f"deadline passed {late_ms:.0f} ms before the model could run it; "
+                        "not run"
+                    )
+                )
+        with self._lock:
+            self.stats["requests"] += len(live)
+            self.stats["expired"] += len(requests) - len(live)
+            self.stats["batches"] += 1 if live else 0
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(live))
+            self.stats["largest_input_pixels"] = max(
+                [self.stats["largest_input_pixels"], *(r.pixels for r in requests)]
+            )
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        info = self.adapter.describe()
+        info.update(
+            {
+                "name": self.config.name,
+                "source": self.config.source,
+                "weights_policy": self.config.weights,
+                "quality": self.config.quality,
+                "labels": list(self.adapter.labels),
+                "batching": self.config.batching.model_dump(),
+                "label_max_pixels": self.config.label_max_pixels,
+                "load_s": round(self.load_s, 2),
+                "stats": dict(self.stats),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+            }
+        )
+        return info
+
+
+class LocalEndpoint:
+    """A :class:`ModelEndpoint` that runs the core in-process, one request per batch.
+
+    For benchmarks and machines without Ray; the served path batches in Ray.
+    """
+
+    def __init__(self, core: ModelCore) -> None:
+        self.core = core
+        self._card = core.card()
+        self._lock = asyncio.Lock()
+
+    async def card(self) -> ModelCard:
+        return self._card
+
+    async def predict(self, request: PredictRequest) -> Prediction:
+        async with self._lock:
+            (result,) = await asyncio.to_thread(self.core.run_batch, [request])
+        if isinstance(result, SegServeError):
+            raise result
+        return result

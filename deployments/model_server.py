@@ -1,0 +1,75 @@
+"""The model-server deployment: one class, one deployment per configured model.
+
+A replica loads its model once (on CUDA when Ray gave it a GPU), then batches
+requests with ``@serve.batch``. Batches are bounded by request count and by
+input pixels: each request's cost (``ModelCore.batch_cost``) is counted against
+``max_batch_size`` through ``batch_size_fn``. The model runs in a worker thread
+so the replica keeps accepting (and batching) requests while a batch computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import ray
+from ray import serve
+
+from deployments.adapters.torch_common import plan_device
+from deployments.config import ModelConfig
+from deployments.model_core import ModelCore
+from deployments.pipeline.errors import SegServeError
+from deployments.pipeline.service import ModelCard, Prediction, PredictRequest
+
+logger = logging.getLogger("ray.serve")
+
+
+def _batch_cost(requests: list[tuple[PredictRequest, int]]) -> int:
+    return sum(cost for _, cost in requests)
+
+
+@serve.deployment
+class ModelServer:
+    def __init__(self, config: ModelConfig) -> None:
+        resources = ray.get_runtime_context().get_assigned_resources()
+        device = plan_device(
+            gpus_assigned=float(resources.get("GPU", 0.0)),
+            cpus_assigned=float(resources.get("CPU", config.num_cpus or 1.0)),
+            cpu_threads=config.cpu_threads,
+        )
+        if device.fallback_reason:
+            logger.warning("model %r: %s; running on CPU", config.name, device.fallback_reason)
+        self.core = ModelCore(config, device)
+        batching = config.batching
+
+        async def run_batch(
+            items: list[tuple[PredictRequest, int]],
+        ) -> list[Prediction | SegServeError]:
+            requests = [request for request, _ in items]
+            return await asyncio.to_thread(self.core.run_batch, requests)
+
+        # Decorated here, not on the class, so every setting comes from the config.
+        self._batched = serve.batch(
+            max_batch_size=batching.max_batch_size,
+            batch_wait_timeout_s=batching.batch_wait_timeout_s,
+            max_concurrent_batches=batching.max_concurrent_batches,
+            batch_size_fn=_batch_cost,
+        )(run_batch)
+
+    async def card(self) -> ModelCard:
+        return self.core.card()
+
+    async def predict(self, request: PredictRequest) -> Prediction:
+        result: Prediction | SegServeError = await self._batched(
+            (request, self.core.batch_cost(request))
+        )
+        if isinstance(result, SegServeError):
+            raise result
+        return result
+
+    async def ready(self) -> bool:
+        return True
+
+    async def describe(self) -> dict[str, Any]:
+        return self.core.describe()
