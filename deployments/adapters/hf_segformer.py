@@ -78,9 +78,9 @@ class HFSegformerAdapter(SegmentationAdapter):
         self.config = config
         id2label = model.config.id2label
         self.labels = [str(id2label.get(i, f"class_{i}")).strip() for i in range(len(id2label))]
-        size = getattr(processor, "size", None) or {}
-        height = int(size.get("height", _DEFAULT_SIZE))
-        width = int(size.get("width", _DEFAULT_SIZE))
+        size = getattr(processor, "size", None)
+        height = int(_size_field(size, "height") or _DEFAULT_SIZE)
+        width = int(_size_field(size, "width") or _DEFAULT_SIZE)
         resample = int(getattr(processor, "resample", Image.Resampling.BILINEAR))
         self.input_spec = InputSpec(size=(width, height), resample=resample)
         self.do_normalize = bool(getattr(processor, "do_normalize", True))
@@ -190,6 +190,15 @@ class HFSegformerAdapter(SegmentationAdapter):
 # -------------------------------------------------------------------- helpers
 
 
+def _size_field(size: Any, key: str) -> Any:
+    """A field of a processor's size (a dict in older transformers, a SizeDict in newer)."""
+    if size is None:
+        return None
+    if isinstance(size, dict):
+        return size.get(key)
+    return getattr(size, key, None)
+
+
 def _is_local(source: str) -> bool:
     return Path(source).expanduser().exists() or source.startswith((".", "/", "~"))
 
@@ -238,8 +247,10 @@ def _load_pretrained(source: str, model_class: Any) -> Any:
 
 def _load_processor(source: str) -> Any:
     """The source's image processor when readable (sizes, mean/std), else SegFormer's defaults."""
-    # The PIL processor: the default one wants torchvision, which this project avoids.
-    from transformers import SegformerImageProcessorPil as SegformerImageProcessor
+    try:  # the PIL processor: the default one wants torchvision, which this project avoids
+        from transformers import SegformerImageProcessorPil as SegformerImageProcessor
+    except ImportError:  # transformers releases before the split
+        from transformers import SegformerImageProcessor  # type: ignore[assignment]
 
     try:
         if _is_local(source):

@@ -223,7 +223,13 @@ def fit_within(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     if width * height <= max_pixels:
         return width, height
     factor = math.sqrt(max_pixels / (width * height))
-    return max(1, math.floor(width * factor)), max(1, math.floor(height * factor))
+    w, h = max(1, math.floor(width * factor)), max(1, math.floor(height * factor))
+    if w * h > max_pixels:  # extreme aspect ratios: one side was clamped to 1
+        if w == 1:
+            h = max_pixels
+        else:
+            w = max_pixels // h
+    return w, h
 
 
 def nearest_indices(source: int, target: int) -> np.ndarray:

@@ -39,11 +39,11 @@ def encode_label_png(labels: np.ndarray, compress_level: int = 1) -> bytes:
     if labels.ndim != 2:
         raise ValueError(f"a label map is 2-D, got shape {labels.shape}")
     if labels.dtype == np.uint8:
-        image = Image.fromarray(labels, mode="L")
+        image = Image.fromarray(labels)  # mode L
     else:
         if labels.size and int(labels.max()) > 65535:
             raise ValueError("class ids above 65535 do not fit a 16-bit PNG")
-        image = Image.fromarray(labels.astype("<u2"), mode="I;16")
+        image = Image.fromarray(labels.astype(np.uint16))  # mode I;16
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()

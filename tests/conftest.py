@@ -1,0 +1,30 @@
+"""Shared fixtures: a tiny SegFormer saved to disk, test markers by folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach the HuggingFace hub (a user's machine may have network; the
+# result must not depend on it). Set before Ray starts so replicas inherit it.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from tests.tiny_models import TINY_SIZE, save_tiny_segformer  # noqa: E402
+
+__all__ = ["TINY_SIZE"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier in ("unit", "integration", "e2e"):
+            item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session")
+def tiny_segformer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small SegFormer with random weights, saved with ``save_pretrained`` (+ processor)."""
+    return save_tiny_segformer(tmp_path_factory.mktemp("tiny-segformer"))
