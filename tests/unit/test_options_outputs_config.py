@@ -1,0 +1,109 @@
+"""Request options, output encoders and configuration validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deployments.config import ConfigError, load_serve_config, parse_args
+from deployments.pipeline.errors import ErrorKind, InvalidParameter, SegServeError, UnknownModel
+from deployments.pipeline.options import parse_options
+from deployments.pipeline.outputs import class_table, decode_label_png, encode_label_png
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"budget_ms": "-5"}, "positive"),
+        ({"budget_ms": "0"}, "positive"),
+        ({"budget_ms": "soon"}, "number"),
+        ({"budget_ms": "nan"}, "positive"),
+        ({"budget_ms": "1e12"}, "at most"),
+        ({"outputs": "nope"}, "nope"),
+        ({"outputs": "classes,nope"}, "nope"),
+        ({"outputs": ","}, "choose from"),
+        ({"mask_size": "huge"}, "huge"),
+    ],
+)
+def test_bad_options_are_422_with_the_value_in_the_message(kwargs: dict, fragment: str) -> None:
+    with pytest.raises(InvalidParameter, match=fragment) as caught:
+        parse_options(**kwargs)
+    assert caught.value.kind.http_status == 422
+    assert caught.value.kind.grpc_code_name == "INVALID_ARGUMENT"
+
+
+def test_defaults_and_good_options() -> None:
+    options = parse_options()
+    assert options.model == "auto" and options.budget_ms is None
+    assert options.outputs == {"classes", "mask"} and options.mask_size == "original"
+    options = parse_options(model="b0", budget_ms="250", outputs="mask", mask_size="model")
+    assert (options.model, options.budget_ms, options.mask_size) == ("b0", 250.0, "model")
+    assert options.outputs == {"mask"}
+    assert options.deadline(100.0) == pytest.approx(100.25)
+
+
+def test_errors_survive_pickling_with_their_code() -> None:
+    import pickle
+
+    error = pickle.loads(pickle.dumps(UnknownModel("no such model", code="custom")))
+    assert isinstance(error, UnknownModel) and error.code == "custom"
+    assert error.to_dict() == {"error": {"code": "custom", "message": "no such model"}}
+
+
+def test_every_error_kind_maps_to_http_and_grpc() -> None:
+    assert {k.http_status for k in ErrorKind} >= {400, 404, 413, 415, 422, 503, 504}
+    assert SegServeError("x").kind.http_status == 500
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_label_png_round_trips_class_ids(dtype: type) -> None:
+    top = 255 if dtype == np.uint8 else 1000
+    labels = np.random.default_rng(0).integers(0, top, (37, 53)).astype(dtype)
+    decoded = decode_label_png(encode_label_png(labels))
+    assert decoded.dtype == dtype and np.array_equal(decoded, labels)
+
+
+def test_class_table_is_sorted_and_adds_up() -> None:
+    labels = np.array([[0, 0, 2, 2], [2, 2, 2, 5]], dtype=np.uint8)
+    names = ["wall", "building", "sky", "floor", "tree", "ceiling"]
+    table = class_table(labels, 8, 4, names)
+    assert [(row.id, row.name, row.pixels) for row in table] == [
+        (2, "sky", 20),
+        (0, "wall", 8),
+        (5, "ceiling", 4),
+    ]
+    assert sum(row.fraction for row in table) == pytest.approx(1.0)
+
+
+def test_the_shipped_serve_config_validates() -> None:
+    args = load_serve_config(REPO / "serve_config.yaml")
+    assert args.models[0].source == "nvidia/segformer-b0-finetuned-ade-512-512"
+    assert args.models[0].weights == "auto"
+    assert args.default_model == args.models[0].name
+
+
+def minimal(**model: object) -> dict:
+    return {"models": [{"name": "m", "framework": "hf_segformer", "source": "x", **model}]}
+
+
+def test_unknown_keys_are_errors_naming_the_key_path() -> None:
+    args = minimal(batching={"max_batch_sise": 4})
+    with pytest.raises(ConfigError, match=r"models\.0\.batching\.max_batch_sise"):
+        parse_args(args)
+    with pytest.raises(ConfigError, match=r"gateway\.limit"):
+        parse_args({**minimal(), "gateway": {"limit": {}}})
+
+
+def test_config_consistency_checks() -> None:
+    with pytest.raises(ConfigError, match="repeated: m"):
+        parse_args({"models": minimal()["models"] * 2})
+    with pytest.raises(ConfigError, match="default_model"):
+        parse_args({**minimal(), "gateway": {"default_model": "other"}})
+    with pytest.raises(ConfigError, match=r"models\.0\.weights"):
+        parse_args(minimal(weights="maybe"))
+    with pytest.raises(ConfigError, match=r"models\.0\.name"):
+        parse_args({"models": [{"name": "auto", "framework": "hf_segformer", "source": "x"}]})
