@@ -1,0 +1,97 @@
+"""One real local Ray Serve for the integration tests (session-scoped)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import ray
+from ray import serve
+
+from deployments.adapters.hf_segformer import HFSegformerAdapter
+from deployments.adapters.torch_common import plan_device
+from deployments.app import build_app
+from deployments.config import AppArgs, parse_args
+
+#: Small byte limit so the 413 test needs no huge upload.
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Served:
+    url: str
+    args: AppArgs
+    tiny_dir: Path
+
+
+def integration_args(tiny_dir: Path) -> AppArgs:
+    return parse_args(
+        {
+            "gateway": {
+                "default_model": "tiny",
+                "num_cpus": 0.5,
+                "limits": {"max_request_bytes": MAX_REQUEST_BYTES},
+            },
+            "models": [
+                {
+                    "name": "tiny",
+                    "framework": "hf_segformer",
+                    "source": str(tiny_dir),
+                    "weights": "pretrained",
+                    "num_cpus": 1,
+                    "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
+                },
+                {
+                    # The shipped model's hub id: offline here, so `auto` falls back to random.
+                    "name": "b0",
+                    "framework": "hf_segformer",
+                    "source": "nvidia/segformer-b0-finetuned-ade-512-512",
+                    "weights": "auto",
+                    "num_cpus": 1,
+                },
+            ],
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def served(tiny_segformer_dir: Path) -> Iterator[Served]:
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = integration_args(tiny_segformer_dir)
+    serve.run(build_app(args), name="segserve", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
+        assert time.time() < deadline, "service never became ready"
+        time.sleep(0.5)
+    try:
+        yield Served(url=url, args=args, tiny_dir=tiny_segformer_dir)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_segformer_dir: Path) -> HFSegformerAdapter:
+    """The same model in-process, to compute what the service must answer."""
+    config = integration_args(tiny_segformer_dir).models[0]
+    return HFSegformerAdapter.load(config, plan_device(0, 1, None))
+
+
+@pytest.fixture
+def client(served: Served) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served.url, timeout=120) as http:
+        yield http
