@@ -5,7 +5,6 @@ validates the ``args`` against :class:`AppArgs` (unknown keys are errors that
 name the key's path) and calls it.
 """
 
-
 from ray.serve import Application
 
 from deployments.config import AppArgs, deployment_name
@@ -16,7 +15,7 @@ from deployments.model_server import ModelServer
 def build_app(args: AppArgs) -> Application:
     handles = {}
     for model in args.models:
-        handles[model.name] = ModelServer.options(
+        handles[model.name] = ModelServer.options(  # type: ignore[attr-defined]
             name=deployment_name(model.name),
             num_replicas=model.num_replicas,
             max_ongoing_requests=model.max_ongoing_requests,
@@ -24,8 +23,9 @@ def build_app(args: AppArgs) -> Application:
             ray_actor_options={"num_cpus": model.num_cpus, "num_gpus": model.num_gpus},
         ).bind(model)
     gateway = args.gateway
-    return Gateway.options(
+    application: Application = Gateway.options(  # type: ignore[attr-defined]
         num_replicas=gateway.num_replicas,
         max_ongoing_requests=gateway.max_ongoing_requests,
         ray_actor_options={"num_cpus": gateway.num_cpus},
     ).bind(gateway, args.models, handles)
+    return application

@@ -151,8 +151,7 @@ class AppArgs(StrictModel):
         default = self.gateway.default_model
         if default is not None and default not in names:
             raise ValueError(
-                f"gateway.default_model {default!r} is not a configured model "
-                f"({', '.join(names)})"
+                f"gateway.default_model {default!r} is not a configured model ({', '.join(names)})"
             )
         return self
 

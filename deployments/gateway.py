@@ -6,11 +6,10 @@ and mapping errors (ours and Ray's) to status codes. Everything else is
 :class:`SegmentationService`.
 """
 
-
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -107,7 +106,7 @@ async def _on_unexpected(request: Request, error: Exception) -> JSONResponse:
 class RayModelEndpoint:
     """A model server deployment seen as a :class:`ModelEndpoint`."""
 
-    def __init__(self, handle: DeploymentHandle) -> None:
+    def __init__(self, handle: DeploymentHandle[Any]) -> None:
         self.handle = handle
         self._card: ModelCard | None = None
 
@@ -140,7 +139,7 @@ def _with_mask(options: Any) -> Any:
 
 
 async def _image_from_multipart(request: Request, body: bytes) -> bytes:
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
     try:
@@ -174,7 +173,7 @@ class Gateway:
         self,
         config: GatewayConfig,
         models: list[ModelConfig],
-        handles: Mapping[str, DeploymentHandle],
+        handles: Mapping[str, DeploymentHandle[Any]],
     ) -> None:
         self.config = config
         self.model_configs = {m.name: m for m in models}
@@ -268,7 +267,8 @@ class Gateway:
                 "source": config.source,
                 "weights_policy": config.weights,
                 "ready": False,
-                "error": as_client_error(e).message if not isinstance(e, TimeoutError)
+                "error": as_client_error(e).message
+                if not isinstance(e, TimeoutError)
                 else "not answering (loading?)",
             }
         info["replicas"] = await asyncio.to_thread(_replica_counts, deployment_name(name))

@@ -95,8 +95,7 @@ class ModelCore:
                 late_ms = (batch_start - (request.deadline or batch_start)) * 1000
                 results.append(
                     DeadlineExceeded(
-                        f"deadline passed {late_ms:.0f} ms before the model could run it; "
-                        "not run"
+                        f"deadline passed {late_ms:.0f} ms before the model could run it; not run"
                     )
                 )
         with self._lock:

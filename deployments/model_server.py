@@ -32,7 +32,7 @@ def _batch_cost(requests: list[tuple[PredictRequest, int]]) -> int:
 @serve.deployment
 class ModelServer:
     def __init__(self, config: ModelConfig) -> None:
-        resources = ray.get_runtime_context().get_assigned_resources()
+        resources = ray.get_runtime_context().get_assigned_resources()  # type: ignore[no-untyped-call]
         device = plan_device(
             gpus_assigned=float(resources.get("GPU", 0.0)),
             cpus_assigned=float(resources.get("CPU", config.num_cpus or 1.0)),

@@ -12,7 +12,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from tests.tiny_models import TINY_SIZE, save_tiny_segformer  # noqa: E402
+from tests.tiny_models import TINY_SIZE, save_tiny_segformer
 
 __all__ = ["TINY_SIZE"]
 

@@ -50,9 +50,21 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "b0": {"hidden_sizes": [32, 64, 160, 256], "depths": [2, 2, 2, 2], "decoder_hidden_size": 256},
     "b1": {"hidden_sizes": [64, 128, 320, 512], "depths": [2, 2, 2, 2], "decoder_hidden_size": 256},
     "b2": {"hidden_sizes": [64, 128, 320, 512], "depths": [3, 4, 6, 3], "decoder_hidden_size": 768},
-    "b3": {"hidden_sizes": [64, 128, 320, 512], "depths": [3, 4, 18, 3], "decoder_hidden_size": 768},
-    "b4": {"hidden_sizes": [64, 128, 320, 512], "depths": [3, 8, 27, 3], "decoder_hidden_size": 768},
-    "b5": {"hidden_sizes": [64, 128, 320, 512], "depths": [3, 6, 40, 3], "decoder_hidden_size": 768},
+    "b3": {
+        "hidden_sizes": [64, 128, 320, 512],
+        "depths": [3, 4, 18, 3],
+        "decoder_hidden_size": 768,
+    },
+    "b4": {
+        "hidden_sizes": [64, 128, 320, 512],
+        "depths": [3, 8, 27, 3],
+        "decoder_hidden_size": 768,
+    },
+    "b5": {
+        "hidden_sizes": [64, 128, 320, 512],
+        "depths": [3, 6, 40, 3],
+        "decoder_hidden_size": 768,
+    },
 }
 _VARIANT = re.compile(r"(?:segformer|mit)[-_]?(b[0-5])", re.IGNORECASE)
 _DEFAULT_SIZE = 512
@@ -284,13 +296,14 @@ def _build_random(config: ModelConfig, model_class: Any) -> Any:
             )
         dataset = config.labels or dataset_from_name(config.source) or "ade20k"
         names = DATASETS[dataset]
-        model_config = SegformerConfig(
+        settings: dict[str, Any] = {
             **_COMMON,
             **ARCHITECTURES[variant],
-            num_labels=len(names),
-            id2label=dict(enumerate(names)),
-            label2id={name: i for i, name in enumerate(names)},
-        )
+            "num_labels": len(names),
+            "id2label": dict(enumerate(names)),
+            "label2id": {name: i for i, name in enumerate(names)},
+        }
+        model_config = SegformerConfig(**settings)
     torch.manual_seed(config.seed)
     return model_class(model_config)
 
@@ -302,8 +315,9 @@ def _variant_from_name(source: str) -> str | None:
 
 def _variant_of(model_config: Any) -> str:
     for name, arch in ARCHITECTURES.items():
-        if list(model_config.hidden_sizes) == arch["hidden_sizes"] and list(
-            model_config.depths
-        ) == arch["depths"]:
+        if (
+            list(model_config.hidden_sizes) == arch["hidden_sizes"]
+            and list(model_config.depths) == arch["depths"]
+        ):
             return name
     return "custom"

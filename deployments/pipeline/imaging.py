@@ -248,9 +248,7 @@ def resize_labels(labels: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.ascontiguousarray(labels.take(rows, axis=0).take(cols, axis=1))
 
 
-def class_pixel_counts(
-    labels: np.ndarray, width: int, height: int, num_classes: int
-) -> np.ndarray:
+def class_pixel_counts(labels: np.ndarray, width: int, height: int, num_classes: int) -> np.ndarray:
     """Pixels per class that ``resize_labels(labels, width, height)`` would hold.
 
     Computed on the small label map (each source pixel weighted by how many target

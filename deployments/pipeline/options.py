@@ -64,9 +64,7 @@ def _parse_budget(value: str | float | None) -> float | None:
     if not math.isfinite(budget) or budget <= 0:
         raise InvalidParameter(f"budget_ms must be a positive number, got {value!r}")
     if budget > MAX_BUDGET_MS:
-        raise InvalidParameter(
-            f"budget_ms must be at most {MAX_BUDGET_MS:.0f} ms, got {value!r}"
-        )
+        raise InvalidParameter(f"budget_ms must be at most {MAX_BUDGET_MS:.0f} ms, got {value!r}")
     return budget
 
 
@@ -87,8 +85,5 @@ def _parse_mask_size(value: str | None) -> str:
     if value is None or value.strip() == "":
         return "original"
     if value.strip() not in MASK_SIZES:
-        raise InvalidParameter(
-            f"mask_size must be one of {', '.join(MASK_SIZES)}, got {value!r}"
-        )
+        raise InvalidParameter(f"mask_size must be one of {', '.join(MASK_SIZES)}, got {value!r}")
     return value.strip()
-

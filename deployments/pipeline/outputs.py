@@ -65,13 +65,12 @@ def class_table(
     present = np.flatnonzero(counts)
     rows = [
         ClassShare(
-            id=int(i),
+            id=i,
             name=names[i] if i < len(names) else f"class_{i}",
             pixels=int(counts[i]),
             fraction=round(float(counts[i]) / total, 6),
         )
-        for i in present
+        for i in map(int, present)
     ]
     rows.sort(key=lambda row: (-row.pixels, row.id))
     return rows
-

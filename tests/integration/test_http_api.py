@@ -76,7 +76,10 @@ def test_multipart_upload_and_png_body(
     multipart = client.post("/v1/segment", files={"image": ("photo.jpg", data, "image/jpeg")})
     assert multipart.status_code == 200, multipart.text
     as_png = client.post(
-        "/v1/segment", content=data, headers={**JPEG, "Accept": "image/png"}, params={"outputs": "classes"}
+        "/v1/segment",
+        content=data,
+        headers={**JPEG, "Accept": "image/png"},
+        params={"outputs": "classes"},
     )
     assert as_png.status_code == 200
     assert as_png.headers["content-type"] == "image/png"
@@ -97,7 +100,9 @@ def test_mask_size_model(client: httpx.Client) -> None:
 
 
 def test_random_weights_are_announced_in_responses_and_models(client: httpx.Client) -> None:
-    response = client.post("/v1/segment", content=jpeg(64, 48), headers=JPEG, params={"model": "b0"})
+    response = client.post(
+        "/v1/segment", content=jpeg(64, 48), headers=JPEG, params={"model": "b0"}
+    )
     body = response.json()
     assert body["model"] == "b0" and body["weights"] == "random"
     assert "random weights" in body["warning"]
@@ -135,8 +140,9 @@ def test_a_6000x4000_jpeg_gets_a_full_size_mask_and_bounded_replica_memory(
     after = client.get("/v1/models/tiny").json()
     # The replica only ever sees the model's input size and returns a bounded label map.
     assert after["stats"]["largest_input_pixels"] <= 128 * 128
-    # 24 M pixels of upload: a replica that touched them would grow by >= 72 MB.
-    assert after["peak_rss_mb"] - before["peak_rss_mb"] < 24
+    # A replica that held the upload's 24 M pixels as RGB alone would grow by 72 MB
+    # (and upsampling 150 classes of logits to it, by 14 GB); allocator noise stays below.
+    assert after["peak_rss_mb"] - before["peak_rss_mb"] < 64
 
 
 BAD_INPUTS = [
@@ -152,7 +158,7 @@ BAD_INPUTS = [
     ("bad outputs", jpeg(64, 64), JPEG, {"outputs": "nope"}, 422, "invalid_parameter"),
     (
         "multipart without image",
-        b"--b\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nx\r\n--b--\r\n",
+        b'--b\r\nContent-Disposition: form-data; name="other"\r\n\r\nx\r\n--b--\r\n',
         {"Content-Type": "multipart/form-data; boundary=b"},
         {},
         400,

@@ -1,0 +1,86 @@
+"""`serve run serve_config.yaml` as a user runs it (`make serve`), then a client against it.
+
+Uses the shipped config unchanged except for the HTTP port (a free one, so the test
+never collides with a service already on :8000). With no network the shipped
+model falls back to random weights, which the response must say.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.images import jpeg
+from tests.integration.conftest import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def serve_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    config["http_options"]["host"] = "127.0.0.1"
+    path = tmp_path_factory.mktemp("e2e") / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    serve_cli = Path(sys.executable).parent / "serve"
+    log = (path.parent / "serve.log").open("w")
+    process = subprocess.Popen(
+        [str(serve_cli), "run", str(path)],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        # A fresh local Ray instance, as `make serve` gets on a new machine.
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        start_new_session=True,  # its own process group, killed as a tree below
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert process.poll() is None, (path.parent / "serve.log").read_text()[-3000:]
+            assert time.time() < deadline, "serve run never became ready"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # serve run ignores SIGINT in the background
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+        log.close()
+
+
+def test_the_readme_curl_answers(serve_run: str) -> None:
+    response = httpx.post(
+        f"{serve_run}/v1/segment",
+        content=jpeg(640, 480),
+        headers={"Content-Type": "image/jpeg"},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "segformer-b0-ade"
+    assert (body["width"], body["height"]) == (640, 480)
+    assert (body["mask"]["width"], body["mask"]["height"]) == (640, 480)
+    assert body["weights"] == "random" and "random weights" in body["warning"]
+    ade = {"wall", "building", "sky", "floor", "tree", "person", "car", "flag", "clock"}
+    models = httpx.get(f"{serve_run}/v1/models", timeout=30).json()["models"]
+    assert set(models[0]["labels"]) >= ade and len(models[0]["labels"]) == 150
+    assert all(row["name"] in models[0]["labels"] for row in body["classes"])
