@@ -25,7 +25,7 @@ serve: $(STAMP) ## Start the service on :8000 (serve run serve_config.yaml)
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check deployments clients tests benchmarks
 	$(BIN)/ruff format --check deployments clients tests benchmarks
-	$(BIN)/mypy deployments clients
+	$(BIN)/mypy deployments clients tests benchmarks
 
 format: $(STAMP) ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix deployments clients tests benchmarks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
@@ -14,15 +15,16 @@ TINY_SIZE = 128
 
 
 def tiny_config() -> SegformerConfig:
-    return SegformerConfig(
-        hidden_sizes=[8, 16, 32, 64],
-        depths=[1, 1, 1, 1],
-        num_attention_heads=[1, 1, 2, 4],
-        decoder_hidden_size=32,
-        num_labels=len(ADE20K),
-        id2label=dict(enumerate(ADE20K)),
-        label2id={name: i for i, name in enumerate(ADE20K)},
-    )
+    settings: dict[str, Any] = {
+        "hidden_sizes": [8, 16, 32, 64],
+        "depths": [1, 1, 1, 1],
+        "num_attention_heads": [1, 1, 2, 4],
+        "decoder_hidden_size": 32,
+        "num_labels": len(ADE20K),
+        "id2label": dict(enumerate(ADE20K)),
+        "label2id": {name: i for i, name in enumerate(ADE20K)},
+    }
+    return SegformerConfig(**settings)
 
 
 def save_tiny_segformer(directory: Path, seed: int = 1234) -> Path:

@@ -23,8 +23,9 @@ CPU = plan_device(0, 2, None)
 
 
 def load(source: str | Path, weights: str = "pretrained", **extra: object) -> HFSegformerAdapter:
-    config = ModelConfig(
-        name="m", framework="hf_segformer", source=str(source), weights=weights, **extra
+    config = ModelConfig.model_validate(
+        {"name": "m", "framework": "hf_segformer", "source": str(source), "weights": weights}
+        | extra
     )
     return HFSegformerAdapter.load(config, CPU)
 

@@ -62,7 +62,7 @@ def test_every_error_kind_maps_to_http_and_grpc() -> None:
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_label_png_round_trips_class_ids(dtype: type) -> None:
     top = 255 if dtype == np.uint8 else 1000
-    labels = np.random.default_rng(0).integers(0, top, (37, 53)).astype(dtype)
+    labels: np.ndarray = np.random.default_rng(0).integers(0, top, (37, 53)).astype(dtype)
     decoded = decode_label_png(encode_label_png(labels))
     assert decoded.dtype == dtype and np.array_equal(decoded, labels)
 
