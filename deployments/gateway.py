@@ -35,6 +35,7 @@ from deployments.pipeline.errors import (
     UnsupportedImage,
 )
 from deployments.pipeline.options import parse_options
+from deployments.pipeline.process import peak_rss_mb
 from deployments.pipeline.service import (
     ModelCard,
     Prediction,
@@ -243,7 +244,11 @@ class Gateway:
     async def list_models(self) -> dict[str, Any]:
         names = list(self.handles)
         described = await asyncio.gather(*(self._describe(n) for n in names))
-        return {"default": self.service.default_model, "models": described}
+        return {
+            "default": self.service.default_model,
+            "models": described,
+            "gateway": {"peak_rss_mb": round(peak_rss_mb(), 1)},
+        }
 
     @app.get("/v1/models/{name}")
     async def get_model(self, name: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import resource
 import threading
 import time
 from collections.abc import Sequence
@@ -20,12 +19,8 @@ from typing import Any
 from deployments.adapters.base import DevicePlan, SegmentationAdapter, adapter_class
 from deployments.config import ModelConfig
 from deployments.pipeline.errors import DeadlineExceeded, SegServeError
+from deployments.pipeline.process import peak_rss_mb
 from deployments.pipeline.service import ModelCard, Prediction, PredictRequest
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class ModelCore:

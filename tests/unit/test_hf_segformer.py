@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from transformers import SegformerForSemanticSegmentation
 
 from deployments.adapters.hf_segformer import HFSegformerAdapter
-from deployments.adapters.torch_common import plan_device, upsample_argmax
+from deployments.adapters.torch_common import candidate_classes, plan_device, upsample_argmax
 from deployments.config import ModelConfig
 from deployments.pipeline.errors import ModelLoadError
 from deployments.pipeline.imaging import ImageLimits, decode_image, fit_within, resize_labels
@@ -154,3 +156,25 @@ def test_random_weights_are_the_same_in_every_replica(monkeypatch: pytest.Monkey
     first = load("nvidia/mit-b0", "random", labels="ade20k").predict_batch([image], [(64, 64)])
     again = load("nvidia/mit-b0", "random", labels="ade20k").predict_batch([image], [(64, 64)])
     assert np.array_equal(first[0], again[0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.integers(1, 12),
+    st.integers(1, 12),
+    st.integers(1, 70),
+    st.integers(1, 70),
+    st.integers(0, 2**16),
+    st.floats(0.1, 20),
+)
+def test_pruned_upsample_argmax_is_exact(
+    classes: int, h: int, w: int, out_h: int, out_w: int, seed: int, spread: float
+) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(classes, h, w, generator=generator)
+    logits[0] += spread  # one dominant class, as trained models have: most get pruned
+    full = F.interpolate(logits[None], size=(out_h, out_w), mode="bilinear", align_corners=False)
+    expected = full[0].argmax(0)
+    assert torch.equal(upsample_argmax(logits, out_h, out_w, torch.int64), expected)
+    assert set(expected.unique().tolist()) <= set(candidate_classes(logits).tolist())

@@ -1,0 +1,118 @@
+"""Helpers shared by the benchmark scripts: a local Ray Serve, photos, bare adapters."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from deployments.config import AppArgs, ModelConfig, load_serve_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_PHOTOS = REPO.parent / "shared" / "testdata" / "photos"
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+def shipped_args() -> AppArgs:
+    return load_serve_config(REPO / "serve_config.yaml")
+
+
+def default_model(args: AppArgs) -> ModelConfig:
+    return next(m for m in args.models if m.name == args.default_model)
+
+
+def photo_paths(directory: str | None, scratch: Path) -> list[Path]:
+    """The given folder, else the shared test photos when present, else generated ones."""
+    if directory:
+        root = Path(directory)
+    elif SHARED_PHOTOS.is_dir():
+        root = SHARED_PHOTOS
+    else:
+        root = generate_photos(scratch)
+    return sorted(p for p in root.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+
+
+def generate_photos(directory: Path) -> Path:
+    from tests.images import encode, scene
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for width, height in [
+        (3, 15),
+        (150, 150),
+        (640, 480),
+        (1920, 1080),
+        (4000, 3000),
+        (6000, 4000),
+    ]:
+        path = directory / f"generated_{width}x{height}.jpg"
+        if not path.exists():
+            path.write_bytes(encode(scene(width, height, seed=width), "JPEG", quality=90))
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def local_serve(args: AppArgs, num_cpus: int | None = None) -> Iterator[str]:
+    """Run the application on a fresh local Ray; yields its base URL."""
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(args), name="segserve", route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 300
+        while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
+            if time.time() > deadline:
+                raise RuntimeError("service never became ready")
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def json_stdout() -> Iterator[Any]:
+    """Send everything else (Ray's and the libraries' chatter) to stderr; yield a
+    function that prints the one JSON document on the real stdout."""
+    saved = os.dup(1)
+    sys.stdout.flush()
+    os.dup2(2, 1)
+
+    def emit(document: object) -> None:
+        sys.stdout.flush()
+        with os.fdopen(os.dup(saved), "w") as out:
+            json.dump(document, out, indent=2)
+            out.write("\n")
+
+    try:
+        yield emit
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 2) if values else float("nan")

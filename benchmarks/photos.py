@@ -1,0 +1,178 @@
+"""End-to-end latency per photo through the served stack, beside a naive baseline.
+
+For every photo in a folder (default: ../shared/testdata/photos when present,
+else generated ones up to 6000x4000) it reports the client-measured end-to-end
+time, the server's decode/queue/inference/encode split, and the peak RSS of the
+model replica and the gateway; then, in the same run, the naive HuggingFace
+way (processor + model + post_process_semantic_segmentation at the original
+size) on the same weights, with its time and peak memory. Prints JSON.
+
+    python -m benchmarks.photos [--dir PHOTOS] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.common import (
+    default_model,
+    json_stdout,
+    local_serve,
+    median,
+    photo_paths,
+    shipped_args,
+)
+
+GOAL_MS = 1000.0
+TIMINGS = ("decode", "queue", "inference", "encode", "total")
+
+
+def naive_baseline(config_json: str, paths: list[str], threads: int, queue: Any) -> None:
+    """Runs in a child process so its peak memory is its own."""
+    import io
+
+    import torch
+    from PIL import Image, ImageOps
+    from transformers import SegformerForSemanticSegmentation
+
+    from deployments.adapters.hf_segformer import _build_random, _load_pretrained, _load_processor
+    from deployments.config import ModelConfig
+    from deployments.pipeline.errors import ModelLoadError
+
+    torch.set_num_threads(threads)
+    config = ModelConfig.model_validate_json(config_json)
+    try:
+        model = _load_pretrained(config.source, SegformerForSemanticSegmentation)
+    except ModelLoadError:
+        model = _build_random(config, SegformerForSemanticSegmentation)
+    model.eval()
+    processor = _load_processor(config.source)
+    results: dict[str, float | str] = {}
+    for path in paths:
+        image = ImageOps.exif_transpose(Image.open(io.BytesIO(Path(path).read_bytes())))
+        image = image.convert("RGB")
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                inputs = processor(images=image, return_tensors="pt")
+                outputs = model(**inputs)
+                processor.post_process_semantic_segmentation(
+                    outputs, target_sizes=[(image.height, image.width)]
+                )
+            results[Path(path).name] = round((time.perf_counter() - started) * 1000, 1)
+        except (RuntimeError, MemoryError) as e:  # out of memory is a result here
+            results[Path(path).name] = f"failed: {type(e).__name__}: {str(e)[:120]}"
+    queue.put(
+        {"ms": results, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    )
+
+
+def bare_model_ms(config: Any, threads: int, repeat: int) -> float:
+    """The adapter alone on one image at the model's input size: the floor for any photo."""
+    import numpy as np
+
+    from deployments.adapters.base import adapter_class
+    from deployments.adapters.torch_common import plan_device
+
+    adapter = adapter_class(config.framework).load(config, plan_device(0, threads, threads))
+    width, height = adapter.input_spec.size or (512, 512)
+    image = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    times = []
+    for _ in range(repeat + 1):
+        started = time.perf_counter()
+        adapter.predict_batch([image], [(width, height)])
+        times.append((time.perf_counter() - started) * 1000)
+    return median(times[1:])
+
+
+def main() -> None:
+    with json_stdout() as emit:
+        emit(run())
+
+
+def run() -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", help="folder of photos")
+    parser.add_argument("--repeat", type=int, default=3, help="requests per photo (median)")
+    parser.add_argument("--skip-naive", action="store_true", help="no naive baseline")
+    options = parser.parse_args()
+
+    args = shipped_args()
+    config = default_model(args)
+    threads = max(1, int(-(-config.num_cpus // 1)))
+    scratch = Path(tempfile.mkdtemp(prefix="segserve-photos-"))
+    paths = photo_paths(options.dir, scratch)
+
+    naive: dict[str, Any] = {}
+    if not options.skip_naive:  # before Ray starts, so the two never share the CPUs
+        queue: Any = multiprocessing.get_context("spawn").Queue()
+        child = multiprocessing.get_context("spawn").Process(
+            target=naive_baseline,
+            args=(config.model_dump_json(), [str(p) for p in paths], threads, queue),
+        )
+        child.start()
+        child.join()
+        naive = queue.get() if child.exitcode == 0 else {"error": f"exit code {child.exitcode}"}
+    bare_ms = bare_model_ms(config, threads, options.repeat)
+
+    rows = []
+    with local_serve(args) as url, httpx.Client(base_url=url, timeout=300) as client:
+        for path in paths:
+            data = path.read_bytes()
+            client.post("/v1/segment", content=data)  # warm this size's code paths
+            e2e, splits = [], []
+            for _ in range(options.repeat):
+                started = time.perf_counter()
+                response = client.post("/v1/segment", content=data)
+                e2e.append((time.perf_counter() - started) * 1000)
+                response.raise_for_status()
+                splits.append(response.json())
+            body = splits[-1]
+            naive_ms = naive.get("ms", {}).get(path.name)
+            row = {
+                "photo": path.name,
+                "width": body["width"],
+                "height": body["height"],
+                "bytes": len(data),
+                "e2e_ms": median(e2e),
+                "over_bare_model_ms": round(median(e2e) - bare_ms, 1),
+                **{
+                    f"{k}_ms": median([s["timings_ms"][k] for s in splits])
+                    for k in body["timings_ms"]
+                },
+                "naive_ms": naive_ms,
+            }
+            if isinstance(naive_ms, float):
+                row["naive_over_served"] = round(naive_ms / row["e2e_ms"], 2)
+            rows.append(row)
+        models = client.get("/v1/models").json()
+
+    served_rss = max(m.get("peak_rss_mb", 0) for m in models["models"])
+    naive_rss = naive.get("peak_rss_mb")
+    summary = {
+        "photos": len(rows),
+        "bare_model_ms": bare_ms,
+        "max_e2e_ms": max(r["e2e_ms"] for r in rows),
+        "max_over_bare_model_ms": max(r["over_bare_model_ms"] for r in rows),
+        "all_within_goal": all(r["e2e_ms"] <= GOAL_MS for r in rows),
+        "goal_ms": GOAL_MS,
+        "model_replica_peak_rss_mb": served_rss,
+        "gateway_peak_rss_mb": models["gateway"]["peak_rss_mb"],
+        "naive_peak_rss_mb": round(naive_rss, 1) if naive_rss else None,
+        "naive_over_served_rss": round(naive_rss / served_rss, 2) if naive_rss else None,
+        "weights": models["models"][0]["weights"],
+        "threads": threads,
+    }
+    return {"benchmark": "photos", "summary": summary, "photos": rows}
+
+
+if __name__ == "__main__":
+    main()
