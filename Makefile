@@ -22,7 +22,20 @@ install: $(STAMP) ## Create/refresh .venv (torch pinned to the CPU-sized 2.13.0 
 serve: $(STAMP) ## Start the service on :8000 (serve run serve_config.yaml)
 	$(BIN)/serve run serve_config.yaml
 
-lint: $(STAMP) ## ruff (lint + format check) and mypy
+PROTO := deployments/protocols/segserve.proto
+PROTOC := $(BIN)/python -m grpc_tools.protoc -I .
+
+proto: $(STAMP) ## Regenerate the gRPC stubs (with .pyi) from $(PROTO)
+	$(PROTOC) --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
+
+proto-check: $(STAMP) ## Fail when the checked-in gRPC stubs are stale
+	@tmp=$$(mktemp -d) && $(PROTOC) --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTO) \
+	  && for f in segserve_pb2.py segserve_pb2.pyi segserve_pb2_grpc.py; do \
+	       cmp -s $$tmp/deployments/protocols/$$f deployments/protocols/$$f \
+	       || { echo "deployments/protocols/$$f is stale: run 'make proto'"; rm -rf $$tmp; exit 1; }; \
+	     done; rm -rf $$tmp
+
+lint: $(STAMP) proto-check ## ruff (lint + format check), mypy, stale-stub check
 	$(BIN)/ruff check deployments clients tests benchmarks
 	$(BIN)/ruff format --check deployments clients tests benchmarks
 	$(BIN)/mypy deployments clients tests benchmarks
@@ -41,4 +54,4 @@ bench: $(STAMP) ## Benchmarks (JSON on stdout): overhead and photos
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install serve lint format test bench clean
+.PHONY: help install serve proto proto-check lint format test bench clean

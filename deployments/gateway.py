@@ -12,12 +12,14 @@ import uuid
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
+import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
+from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -42,6 +44,8 @@ from deployments.pipeline.service import (
     PredictRequest,
     SegmentationService,
 )
+from deployments.protocols import convert
+from deployments.protocols import segserve_pb2 as pb
 
 logger = logging.getLogger("ray.serve")
 
@@ -125,6 +129,15 @@ class RayModelEndpoint:
         except Exception as e:
             raise as_client_error(e) from e
         return result
+
+
+def _set_grpc_error(grpc_context: RayServegRPCContext, error: BaseException) -> None:
+    client_error = as_client_error(error)
+    if isinstance(client_error, InternalError):
+        logger.exception("unhandled error: %s", client_error.message, exc_info=error)
+    grpc_context.set_code(getattr(grpc.StatusCode, client_error.kind.grpc_code_name))
+    grpc_context.set_details(client_error.message)
+    grpc_context.set_trailing_metadata([(convert.ERROR_CODE_METADATA_KEY, client_error.code)])
 
 
 def _accepts_png_only(accept: str) -> bool:
@@ -237,6 +250,47 @@ class Gateway:
                 "multipart/form-data with an 'image' field"
             )
         return bytes(body)
+
+    # ------------------------------------------------------------ gRPC (segserve.v1)
+
+    async def Segment(
+        self, request: pb.SegmentRequest, grpc_context: RayServegRPCContext
+    ) -> pb.SegmentResponse:
+        try:
+            budget: str | float | None = (
+                request.budget_ms
+                if request.HasField("budget_ms")
+                else convert.budget_from_metadata(grpc_context.invocation_metadata())
+            )
+            options = parse_options(
+                request.model or None,
+                budget,
+                ",".join(request.outputs) or None,
+                request.mask_size or None,
+            )
+            if len(request.image) > self.config.limits.max_request_bytes:
+                raise PayloadTooLarge(
+                    f"image is {len(request.image)} bytes; "
+                    f"the limit is {self.config.limits.max_request_bytes} bytes"
+                )
+            result = await self.service.segment(request.image, options)
+            return convert.segment_response(result)
+        except Exception as e:
+            _set_grpc_error(grpc_context, e)
+            return pb.SegmentResponse()
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, grpc_context: RayServegRPCContext
+    ) -> pb.ListModelsResponse:
+        try:
+            described = await asyncio.gather(*(self._describe(n) for n in self.handles))
+            return pb.ListModelsResponse(
+                default_model=self.service.default_model,
+                models=[convert.model_info(d) for d in described],
+            )
+        except Exception as e:
+            _set_grpc_error(grpc_context, e)
+            return pb.ListModelsResponse()
 
     # ------------------------------------------------------------ models, health
 

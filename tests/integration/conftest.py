@@ -18,8 +18,9 @@ from deployments.adapters.torch_common import plan_device
 from deployments.app import build_app
 from deployments.config import AppArgs, parse_args
 
-#: Small byte limit so the 413 test needs no huge upload.
-MAX_REQUEST_BYTES = 8 * 1024 * 1024
+#: Room for the 30 MB PNG test, small enough that the 413 test stays quick.
+MAX_REQUEST_BYTES = 40 * 1024 * 1024
+GRPC_SERVICER = "deployments.protocols.segserve_pb2_grpc.add_SegmentationServicer_to_server"
 
 
 def free_port() -> int:
@@ -31,6 +32,7 @@ def free_port() -> int:
 @dataclass
 class Served:
     url: str
+    grpc_target: str
     args: AppArgs
     tiny_dir: Path
 
@@ -68,8 +70,11 @@ def integration_args(tiny_dir: Path) -> AppArgs:
 @pytest.fixture(scope="session")
 def served(tiny_segformer_dir: Path) -> Iterator[Served]:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port, grpc_port = free_port(), free_port()
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": port},
+        grpc_options={"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
+    )
     args = integration_args(tiny_segformer_dir)
     serve.run(build_app(args), name="segserve", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
@@ -78,7 +83,9 @@ def served(tiny_segformer_dir: Path) -> Iterator[Served]:
         assert time.time() < deadline, "service never became ready"
         time.sleep(0.5)
     try:
-        yield Served(url=url, args=args, tiny_dir=tiny_segformer_dir)
+        yield Served(
+            url=url, grpc_target=f"127.0.0.1:{grpc_port}", args=args, tiny_dir=tiny_segformer_dir
+        )
     finally:
         serve.shutdown()
         ray.shutdown()

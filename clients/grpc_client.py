@@ -1,0 +1,146 @@
+"""gRPC clients (grpc and grpc.aio), sync and async, for the segserve.v1 service.
+
+A ``timeout`` is sent as the call's gRPC deadline; the service takes it as the
+request's latency budget when no explicit ``budget_ms`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from clients.result import SegmentationResult, SegServeClientError, read_image
+from deployments.protocols import segserve_pb2 as pb
+from deployments.protocols import segserve_pb2_grpc as pb_grpc
+from deployments.protocols.convert import ERROR_CODE_METADATA_KEY
+
+DEFAULT_TARGET = "localhost:9000"
+#: Photos of tens of megabytes each way; gRPC's default is 4 MB.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+def _request(
+    image: bytes | str | Path,
+    model: str | None,
+    budget_ms: float | None,
+    outputs: list[str] | None,
+    mask_size: str | None,
+) -> pb.SegmentRequest:
+    request = pb.SegmentRequest(
+        image=read_image(image), model=model or "", mask_size=mask_size or "", outputs=outputs or []
+    )
+    if budget_ms is not None:
+        request.budget_ms = budget_ms
+    return request
+
+
+def _error(error: grpc.RpcError, target: str) -> SegServeClientError:
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = (error.details() if hasattr(error, "details") else None) or str(error)
+    if code == grpc.StatusCode.UNAVAILABLE and "connect" in details.lower():
+        return SegServeClientError("unreachable", f"cannot reach {target}: {details}", code.name)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return SegServeClientError("deadline_exceeded", details, code.name)
+    metadata = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    pairs: Any = metadata or ()  # grpc-stubs types metadata as opaque objects
+    trailing: dict[str, Any] = {str(key): value for key, value in pairs}
+    service_code = str(trailing.get(ERROR_CODE_METADATA_KEY, "")) or code.name.lower()
+    return SegServeClientError(service_code, details, code.name)
+
+
+def _models(response: pb.ListModelsResponse) -> dict[str, Any]:
+    return {
+        "default": response.default_model,
+        "models": [json.loads(m.details_json) for m in response.models],
+    }
+
+
+class GrpcSegServeClient:
+    """``with GrpcSegServeClient("localhost:9000") as client: client.segment("photo.jpg")``"""
+
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 120.0) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.SegmentationStub(self._channel)
+
+    def segment(
+        self,
+        image: bytes | str | Path,
+        model: str | None = None,
+        budget_ms: float | None = None,
+        outputs: list[str] | None = None,
+        mask_size: str | None = None,
+        timeout: float | None = None,
+    ) -> SegmentationResult:
+        request = _request(image, model, budget_ms, outputs, mask_size)
+        try:
+            response = self._stub.Segment(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as e:
+            raise _error(e, self.target) from e
+        return SegmentationResult.from_proto(response)
+
+    def models(self) -> dict[str, Any]:
+        try:
+            return _models(self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout))
+        except grpc.RpcError as e:
+            raise _error(e, self.target) from e
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> GrpcSegServeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncGrpcSegServeClient:
+    """The grpc.aio twin of :class:`GrpcSegServeClient`."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 120.0) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.SegmentationStub(self._channel)
+
+    async def segment(
+        self,
+        image: bytes | str | Path,
+        model: str | None = None,
+        budget_ms: float | None = None,
+        outputs: list[str] | None = None,
+        mask_size: str | None = None,
+        timeout: float | None = None,
+    ) -> SegmentationResult:
+        request = _request(image, model, budget_ms, outputs, mask_size)
+        try:
+            response = await self._stub.Segment(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as e:
+            raise _error(e, self.target) from e
+        return SegmentationResult.from_proto(response)
+
+    async def models(self) -> dict[str, Any]:
+        try:
+            response = await self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _error(e, self.target) from e
+        return _models(response)
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def __aenter__(self) -> AsyncGrpcSegServeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
