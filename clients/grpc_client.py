@@ -1,7 +1,9 @@
 """gRPC clients (grpc and grpc.aio), sync and async, for the segserve.v1 service.
 
-A ``timeout`` is sent as the call's gRPC deadline; the service takes it as the
-request's latency budget when no explicit ``budget_ms`` is given.
+A ``timeout`` is the call's gRPC deadline; unless ``budget_ms`` is given it is also
+sent as the request's budget (metadata ``segserve-budget-ms``: Ray Serve's proxy
+does not hand the deadline itself to the service), so the service drops the
+request rather than run it after the caller has given up.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import grpc.aio
 from clients.result import SegmentationResult, SegServeClientError, read_image
 from deployments.protocols import segserve_pb2 as pb
 from deployments.protocols import segserve_pb2_grpc as pb_grpc
-from deployments.protocols.convert import ERROR_CODE_METADATA_KEY
+from deployments.protocols.convert import BUDGET_METADATA_KEY, ERROR_CODE_METADATA_KEY
 
 DEFAULT_TARGET = "localhost:9000"
 #: Photos of tens of megabytes each way; gRPC's default is 4 MB.
@@ -40,6 +42,12 @@ def _request(
     if budget_ms is not None:
         request.budget_ms = budget_ms
     return request
+
+
+def _metadata(budget_ms: float | None, timeout: float | None) -> list[tuple[str, str]]:
+    if budget_ms is None and timeout is not None:
+        return [(BUDGET_METADATA_KEY, f"{timeout * 1000:.0f}")]
+    return []
 
 
 def _error(error: grpc.RpcError, target: str) -> SegServeClientError:
@@ -82,8 +90,11 @@ class GrpcSegServeClient:
         timeout: float | None = None,
     ) -> SegmentationResult:
         request = _request(image, model, budget_ms, outputs, mask_size)
+        deadline = timeout or self.timeout
         try:
-            response = self._stub.Segment(request, timeout=timeout or self.timeout)
+            response = self._stub.Segment(
+                request, timeout=deadline, metadata=_metadata(budget_ms, deadline)
+            )
         except grpc.RpcError as e:
             raise _error(e, self.target) from e
         return SegmentationResult.from_proto(response)
@@ -123,8 +134,11 @@ class AsyncGrpcSegServeClient:
         timeout: float | None = None,
     ) -> SegmentationResult:
         request = _request(image, model, budget_ms, outputs, mask_size)
+        deadline = timeout or self.timeout
         try:
-            response = await self._stub.Segment(request, timeout=timeout or self.timeout)
+            response = await self._stub.Segment(
+                request, timeout=deadline, metadata=_metadata(budget_ms, deadline)
+            )
         except grpc.RpcError as e:
             raise _error(e, self.target) from e
         return SegmentationResult.from_proto(response)

@@ -61,10 +61,11 @@ def _parse_budget(value: str | float | None) -> float | None:
         raise InvalidParameter(
             f"budget_ms must be a number of milliseconds, got {value!r}"
         ) from None
+    # The number, not its spelling: HTTP sends "-5", gRPC -5.0; the message is the same.
     if not math.isfinite(budget) or budget <= 0:
-        raise InvalidParameter(f"budget_ms must be a positive number, got {value!r}")
+        raise InvalidParameter(f"budget_ms must be a positive number, got {budget:g}")
     if budget > MAX_BUDGET_MS:
-        raise InvalidParameter(f"budget_ms must be at most {MAX_BUDGET_MS:.0f} ms, got {value!r}")
+        raise InvalidParameter(f"budget_ms must be at most {MAX_BUDGET_MS:.0f} ms, got {budget:g}")
     return budget
 
 

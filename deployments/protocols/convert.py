@@ -8,12 +8,12 @@ from typing import Any
 from deployments.pipeline.service import SegmentResult
 from deployments.protocols import segserve_pb2 as pb
 
-#: Metadata key a client may set instead of (or besides) a gRPC deadline.
+#: Call metadata carrying the client's deadline as a budget. Ray Serve's gRPC proxy
+#: does not pass the call deadline (``grpc-timeout``) on to the deployment, so the
+#: clients send it here too; the proxy itself still cancels calls past their deadline.
 BUDGET_METADATA_KEY = "segserve-budget-ms"
 #: Trailing metadata key carrying the service's error code (``unknown_model``, ...).
 ERROR_CODE_METADATA_KEY = "segserve-error-code"
-
-_TIMEOUT_UNITS_MS = {"H": 3_600_000.0, "M": 60_000.0, "S": 1000.0, "m": 1.0, "u": 1e-3, "n": 1e-6}
 
 
 def segment_response(result: SegmentResult) -> pb.SegmentResponse:
@@ -58,11 +58,8 @@ def model_info(details: dict[str, Any]) -> pb.ModelInfo:
 
 
 def budget_from_metadata(metadata: list[tuple[str, str]]) -> str | None:
-    """The request's budget from call metadata: our key, else the gRPC deadline header."""
-    values = {key.lower(): value for key, value in metadata}
-    if BUDGET_METADATA_KEY in values:
-        return values[BUDGET_METADATA_KEY]
-    timeout = values.get("grpc-timeout")
-    if timeout and timeout[:-1].isdigit() and timeout[-1] in _TIMEOUT_UNITS_MS:
-        return str(int(timeout[:-1]) * _TIMEOUT_UNITS_MS[timeout[-1]])
+    """The request's budget from call metadata, if the client sent its deadline."""
+    for key, value in metadata:
+        if key.lower() == BUDGET_METADATA_KEY:
+            return value
     return None
