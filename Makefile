@@ -47,9 +47,10 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 test: lint ## Lint, then the whole test suite (unit, integration, e2e)
 	$(BIN)/pytest tests
 
-bench: $(STAMP) ## Benchmarks (JSON on stdout): overhead and photos
+bench: $(STAMP) ## Benchmarks (JSON on stdout): overhead, photos, transports
 	$(BIN)/python -m benchmarks.overhead
 	$(BIN)/python -m benchmarks.photos
+	$(BIN)/python -m benchmarks.transports
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

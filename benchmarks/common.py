@@ -65,9 +65,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+GRPC_SERVICER = "deployments.protocols.segserve_pb2_grpc.add_SegmentationServicer_to_server"
+
+
 @contextlib.contextmanager
 def local_serve(args: AppArgs, num_cpus: int | None = None) -> Iterator[str]:
     """Run the application on a fresh local Ray; yields its base URL."""
+    with local_serve_both(args, num_cpus) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def local_serve_both(args: AppArgs, num_cpus: int | None = None) -> Iterator[tuple[str, str]]:
+    """Run the application on a fresh local Ray; yields (HTTP base URL, gRPC target)."""
     import ray
     from ray import serve
 
@@ -76,8 +86,11 @@ def local_serve(args: AppArgs, num_cpus: int | None = None) -> Iterator[str]:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        port, grpc_port = free_port(), free_port()
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": port},
+            grpc_options={"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
+        )
         serve.run(build_app(args), name="segserve", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 300
@@ -85,7 +98,7 @@ def local_serve(args: AppArgs, num_cpus: int | None = None) -> Iterator[str]:
             if time.time() > deadline:
                 raise RuntimeError("service never became ready")
             time.sleep(0.5)
-        yield url
+        yield url, f"127.0.0.1:{grpc_port}"
     finally:
         with contextlib.suppress(Exception):
             serve.shutdown()
