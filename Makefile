@@ -14,7 +14,7 @@ help: ## Show the targets
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip
-	$(PIP_INSTALL) -e '.[dev]'
+	$(PIP_INSTALL) -e '.[dev,mmseg]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create/refresh .venv (torch pinned to the CPU-sized 2.13.0 by constraints.txt)

@@ -40,11 +40,19 @@ class ModelConfig(StrictModel):
     name: str
     """The model's name in the API (``model=<name>``): letters, digits, ``.``, ``_``, ``-``."""
 
-    framework: Literal["hf_segformer"]
+    framework: Literal["hf_segformer", "mmseg"]
     """Which adapter serves it."""
 
     source: str
-    """HuggingFace hub id (``nvidia/segformer-b0-finetuned-ade-512-512``) or a local directory."""
+    """hf_segformer: a HuggingFace hub id (``nvidia/segformer-b0-finetuned-ade-512-512``) or
+    a local directory. mmseg: a config shipped with mmsegmentation (by name, e.g.
+    ``segformer_mit-b0_8xb2-160k_ade20k-512x512``) or a config file path."""
+
+    checkpoint: str | None = None
+    """mmseg: checkpoint path or URL; by default the model zoo's URL for a shipped config."""
+
+    config_options: dict[str, Any] = Field(default_factory=dict)
+    """mmseg: overrides merged into the config (mmengine ``merge_from_dict`` keys)."""
 
     weights: Literal["pretrained", "random", "auto"] = "auto"
     """``pretrained``: load the source's weights or fail; ``random``: build the architecture

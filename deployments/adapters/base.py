@@ -85,10 +85,29 @@ class SegmentationAdapter(abc.ABC):
         return np.uint8 if len(self.labels) <= 256 else np.uint16
 
 
+def host_reachable(url: str, timeout_s: float = 3.0) -> tuple[bool, str]:
+    """Whether ``url``'s host accepts a TCP connection: seconds, not minutes of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    host = parsed.hostname or ""
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True, ""
+    except OSError as e:
+        return False, f"cannot reach {host}:{port} ({e})"
+
+
 def adapter_class(framework: str) -> type[SegmentationAdapter]:
     """The adapter for a framework name; imported lazily so a replica loads only its own."""
     if framework == "hf_segformer":
         from deployments.adapters.hf_segformer import HFSegformerAdapter
 
         return HFSegformerAdapter
+    if framework == "mmseg":
+        from deployments.adapters.mmseg import MMSegAdapter
+
+        return MMSegAdapter
     raise ValueError(f"unknown framework {framework!r}")

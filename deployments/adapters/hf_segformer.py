@@ -13,18 +13,16 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 from PIL import Image
 
-from deployments.adapters.base import DevicePlan, SegmentationAdapter, Weights
+from deployments.adapters.base import DevicePlan, SegmentationAdapter, Weights, host_reachable
 from deployments.adapters.labels import DATASETS, dataset_from_name
 from deployments.adapters.torch_common import (
     apply_cpu_threads,
@@ -68,7 +66,6 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 _VARIANT = re.compile(r"(?:segformer|mit)[-_]?(b[0-5])", re.IGNORECASE)
 _DEFAULT_SIZE = 512
-_HUB_PROBE_TIMEOUT_S = 3.0
 
 
 class HFSegformerAdapter(SegmentationAdapter):
@@ -219,15 +216,7 @@ def _hub_reachable() -> tuple[bool, str]:
     """Whether the HuggingFace hub answers at all, in seconds, not minutes of retries."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False, "HF_HUB_OFFLINE is set"
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    parsed = urlparse(endpoint)
-    host = parsed.hostname or "huggingface.co"
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=_HUB_PROBE_TIMEOUT_S):
-            return True, ""
-    except OSError as e:
-        return False, f"cannot reach {host}:{port} ({e})"
+    return host_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
 
 
 def _load_pretrained(source: str, model_class: Any) -> Any:

@@ -79,7 +79,11 @@ def candidate_classes(logits: torch.Tensor) -> torch.Tensor:
 
 
 def upsample_argmax(
-    logits: torch.Tensor, height: int, width: int, label_dtype: torch.dtype
+    logits: torch.Tensor,
+    height: int,
+    width: int,
+    label_dtype: torch.dtype,
+    align_corners: bool = False,
 ) -> torch.Tensor:
     """Arg-max over classes of bilinearly upsampled logits, without holding them all.
 
@@ -92,12 +96,14 @@ def upsample_argmax(
     logits = logits.float()
     candidates = candidate_classes(logits)
     if len(candidates) < logits.shape[0]:
-        best = upsample_argmax_all(logits[candidates], height, width)
+        best = upsample_argmax_all(logits[candidates], height, width, align_corners)
         return candidates[best].to(label_dtype)
-    return upsample_argmax_all(logits, height, width).to(label_dtype)
+    return upsample_argmax_all(logits, height, width, align_corners).to(label_dtype)
 
 
-def upsample_argmax_all(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def upsample_argmax_all(
+    logits: torch.Tensor, height: int, width: int, align_corners: bool = False
+) -> torch.Tensor:
     """Chunked arg-max of upsampled logits over every class given (int64 indices)."""
     best_value: torch.Tensor | None = None
     best_index = torch.zeros((height, width), dtype=torch.int64, device=logits.device)
@@ -106,7 +112,7 @@ def upsample_argmax_all(logits: torch.Tensor, height: int, width: int) -> torch.
             logits[None, start : start + CLASS_CHUNK],
             size=(height, width),
             mode="bilinear",
-            align_corners=False,
+            align_corners=align_corners,
         )[0]
         value, index = chunk.max(dim=0)
         if best_value is None:

@@ -53,6 +53,9 @@ class InputSpec:
     size: tuple[int, int] | None = None
     scale: tuple[int, int] | None = None
     resample: int = Image.Resampling.BILINEAR
+    #: "pil": Pillow's (antialiased) resize, as HuggingFace processors do; "cv2":
+    #: OpenCV's INTER_LINEAR, as MMSegmentation's ``Resize`` (mmcv.imresize) does.
+    backend: str = "pil"
     #: The adapter pads its batch to a multiple of this; informational for the gateway.
     size_divisor: int = 1
 
@@ -67,13 +70,15 @@ class InputSpec:
         assert self.scale is not None
         long_edge, short_edge = max(self.scale), min(self.scale)
         factor = min(long_edge / max(width, height), short_edge / min(width, height))
-        return max(1, round(width * factor)), max(1, round(height * factor))
+        # Rounded as mmcv.rescale_size does, so sizes match MMSegmentation's exactly.
+        return max(1, int(width * factor + 0.5)), max(1, int(height * factor + 0.5))
 
     def to_dict(self) -> dict[str, object]:
         return {
             "size": list(self.size) if self.size else None,
             "scale": list(self.scale) if self.scale else None,
             "size_divisor": self.size_divisor,
+            "resize": self.backend,
         }
 
 
@@ -138,10 +143,13 @@ def decode_image(data: bytes, spec: InputSpec, limits: ImageLimits) -> DecodedIm
         if orientation not in (None, 1):
             image = ImageOps.exif_transpose(image)
         rgb = to_rgb(image)
-        if rgb.size != (target_w, target_h):
-            gap = _REDUCING_GAP if rgb.width > _REDUCING_GAP * target_w else None
-            rgb = rgb.resize((target_w, target_h), resample=spec.resample, reducing_gap=gap)
-        pixels = np.asarray(rgb, dtype=np.uint8)
+        if spec.backend == "cv2":
+            pixels = _resize_cv2(np.asarray(rgb, dtype=np.uint8), target_w, target_h)
+        else:
+            if rgb.size != (target_w, target_h):
+                gap = _REDUCING_GAP if rgb.width > _REDUCING_GAP * target_w else None
+                rgb = rgb.resize((target_w, target_h), resample=spec.resample, reducing_gap=gap)
+            pixels = np.asarray(rgb, dtype=np.uint8)
     except Exception as e:  # decoders raise many types on hostile bytes; none may be a 500
         raise CorruptImage(f"cannot decode {image.format} image: {e}") from e
     return DecodedImage(
@@ -152,6 +160,14 @@ def decode_image(data: bytes, spec: InputSpec, limits: ImageLimits) -> DecodedIm
         decoded_size=decoded_size,
         decode_ms=(time.perf_counter() - started) * 1000,
     )
+
+
+def _resize_cv2(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    if (pixels.shape[1], pixels.shape[0]) == (width, height):
+        return pixels
+    import cv2  # only models whose framework resizes with OpenCV ask for it
+
+    return np.ascontiguousarray(cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR))
 
 
 def _open(data: bytes, limits: ImageLimits) -> Image.Image:
