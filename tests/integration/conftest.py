@@ -55,6 +55,15 @@ def integration_args(tiny_dir: Path) -> AppArgs:
                     "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
                 },
                 {
+                    # An MMSegmentation model by its shipped config name, small test scale.
+                    "name": "mmseg-b0",
+                    "framework": "mmseg",
+                    "source": "segformer_mit-b0_8xb2-160k_ade20k-512x512",
+                    "weights": "random",
+                    "config_options": {"test_pipeline.1.scale": [1024, 256]},
+                    "num_cpus": 1,
+                },
+                {
                     # The shipped model's hub id: offline here, so `auto` falls back to random.
                     "name": "b0",
                     "framework": "hf_segformer",
