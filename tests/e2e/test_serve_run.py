@@ -84,3 +84,19 @@ def test_the_readme_curl_answers(serve_run: str) -> None:
     models = httpx.get(f"{serve_run}/v1/models", timeout=30).json()["models"]
     assert set(models[0]["labels"]) >= ade and len(models[0]["labels"]) == 150
     assert all(row["name"] in models[0]["labels"] for row in body["classes"])
+
+
+def test_the_shipped_mmseg_model_answers(serve_run: str) -> None:
+    models = httpx.get(f"{serve_run}/v1/models", timeout=30).json()["models"]
+    mmseg = [m for m in models if m["framework"] == "mmseg"]
+    assert len(mmseg) == 1 and mmseg[0]["weights"] == "random"  # offline: zoo URL unreachable
+    response = httpx.post(
+        f"{serve_run}/v1/segment",
+        content=jpeg(600, 400),
+        params={"model": mmseg[0]["name"], "outputs": "classes"},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["processed"] == {"width": 768, "height": 512}  # the config's 2048x512 keep-ratio
+    assert body["classes"] and "random weights" in body["warning"]
