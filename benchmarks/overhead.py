@@ -84,7 +84,7 @@ def run() -> dict[str, Any]:
 
     args = shipped_args()
     config = default_model(args)
-    threads = max(1, int(-(-config.num_cpus // 1)))
+    threads = config.cpu_threads or max(1, int(-(-config.num_cpus // 1)))
     bare = bare_throughput(config, threads, options.rounds)  # before Ray: no CPU sharing
     data = jpeg(640, 480)
 

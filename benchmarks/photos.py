@@ -103,11 +103,14 @@ def run() -> dict[str, Any]:
     parser.add_argument("--dir", help="folder of photos")
     parser.add_argument("--repeat", type=int, default=3, help="requests per photo (median)")
     parser.add_argument("--skip-naive", action="store_true", help="no naive baseline")
+    parser.add_argument("--model", help="a model of serve_config.yaml (default: the default)")
     options = parser.parse_args()
 
     args = shipped_args()
     config = default_model(args)
-    threads = max(1, int(-(-config.num_cpus // 1)))
+    if options.model:
+        config = next(m for m in args.models if m.name == options.model)
+    threads = config.cpu_threads or max(1, int(-(-config.num_cpus // 1)))
     scratch = Path(tempfile.mkdtemp(prefix="segserve-photos-"))
     paths = photo_paths(options.dir, scratch)
 
@@ -127,11 +130,11 @@ def run() -> dict[str, Any]:
     with local_serve(args) as url, httpx.Client(base_url=url, timeout=300) as client:
         for path in paths:
             data = path.read_bytes()
-            client.post("/v1/segment", content=data)  # warm this size's code paths
+            client.post("/v1/segment", content=data, params={"model": config.name})  # warm
             e2e, splits = [], []
             for _ in range(options.repeat):
                 started = time.perf_counter()
-                response = client.post("/v1/segment", content=data)
+                response = client.post("/v1/segment", content=data, params={"model": config.name})
                 e2e.append((time.perf_counter() - started) * 1000)
                 response.raise_for_status()
                 splits.append(response.json())
@@ -155,7 +158,7 @@ def run() -> dict[str, Any]:
             rows.append(row)
         models = client.get("/v1/models").json()
 
-    served_rss = max(m.get("peak_rss_mb", 0) for m in models["models"])
+    served_rss = next(m["peak_rss_mb"] for m in models["models"] if m["name"] == config.name)
     naive_rss = naive.get("peak_rss_mb")
     summary = {
         "photos": len(rows),
@@ -168,7 +171,9 @@ def run() -> dict[str, Any]:
         "gateway_peak_rss_mb": models["gateway"]["peak_rss_mb"],
         "naive_peak_rss_mb": round(naive_rss, 1) if naive_rss else None,
         "naive_over_served_rss": round(naive_rss / served_rss, 2) if naive_rss else None,
-        "weights": models["models"][0]["weights"],
+        "model": config.name,
+        "framework": config.framework,
+        "weights": next(m["weights"] for m in models["models"] if m["name"] == config.name),
         "threads": threads,
     }
     return {"benchmark": "photos", "summary": summary, "photos": rows}
