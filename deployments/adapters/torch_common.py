@@ -94,6 +94,10 @@ def upsample_argmax(
     can win (:func:`candidate_classes`), ``CLASS_CHUNK`` at a time.
     """
     logits = logits.float()
+    if logits.shape[1] * logits.shape[2] >= height * width:
+        # Not upsampling (mmseg's heads already return input-size scores): the output
+        # is no larger than the input, so pruning would cost more than it saves.
+        return upsample_argmax_all(logits, height, width, align_corners).to(label_dtype)
     candidates = candidate_classes(logits)
     if len(candidates) < logits.shape[0]:
         best = upsample_argmax_all(logits[candidates], height, width, align_corners)

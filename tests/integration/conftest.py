@@ -16,7 +16,7 @@ from ray import serve
 from deployments.adapters.hf_segformer import HFSegformerAdapter
 from deployments.adapters.torch_common import plan_device
 from deployments.app import build_app
-from deployments.config import AppArgs, parse_args
+from deployments.config import AppArgs, ModelConfig, parse_args
 
 #: Room for the 30 MB PNG test, small enough that the 413 test stays quick.
 MAX_REQUEST_BYTES = 40 * 1024 * 1024
@@ -37,7 +37,30 @@ class Served:
     tiny_dir: Path
 
 
-def integration_args(tiny_dir: Path) -> AppArgs:
+MMSEG_CONFIG = "segformer_mit-b0_8xb2-160k_ade20k-512x512"
+MMSEG_OPTIONS = {"test_pipeline.1.scale": [1024, 256]}
+
+
+def save_mmseg_checkpoint(directory: Path) -> Path | None:
+    """Random MiT-B0 weights saved with mmengine's save_checkpoint (None without mmseg)."""
+    try:
+        from mmengine.runner import save_checkpoint
+
+        from deployments.adapters.mmseg import MMSegAdapter
+    except ImportError:
+        return None
+    config = ModelConfig(
+        name="x", framework="mmseg", source=MMSEG_CONFIG, weights="random", seed=3,
+        config_options=MMSEG_OPTIONS,
+    )  # fmt: skip
+    adapter = MMSegAdapter.load(config, plan_device(0, 1, None))
+    path = directory / "mit-b0-random.pth"
+    meta = {"dataset_meta": {"classes": tuple(adapter.labels), "palette": adapter.palette}}
+    save_checkpoint({"state_dict": adapter.model.state_dict(), "meta": meta}, str(path))
+    return path
+
+
+def integration_args(tiny_dir: Path, mmseg_checkpoint: Path | None = None) -> AppArgs:
     return parse_args(
         {
             "gateway": {
@@ -54,15 +77,22 @@ def integration_args(tiny_dir: Path) -> AppArgs:
                     "num_cpus": 1,
                     "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
                 },
-                {
-                    # An MMSegmentation model by its shipped config name, small test scale.
-                    "name": "mmseg-b0",
-                    "framework": "mmseg",
-                    "source": "segformer_mit-b0_8xb2-160k_ade20k-512x512",
-                    "weights": "random",
-                    "config_options": {"test_pipeline.1.scale": [1024, 256]},
-                    "num_cpus": 1,
-                },
+                *(
+                    [
+                        {
+                            # MMSegmentation: a shipped config by name + a checkpoint file.
+                            "name": "mmseg-b0",
+                            "framework": "mmseg",
+                            "source": MMSEG_CONFIG,
+                            "checkpoint": str(mmseg_checkpoint),
+                            "weights": "pretrained",
+                            "config_options": MMSEG_OPTIONS,
+                            "num_cpus": 1,
+                        }
+                    ]
+                    if mmseg_checkpoint
+                    else []
+                ),
                 {
                     # The shipped model's hub id: offline here, so `auto` falls back to random.
                     "name": "b0",
@@ -77,14 +107,15 @@ def integration_args(tiny_dir: Path) -> AppArgs:
 
 
 @pytest.fixture(scope="session")
-def served(tiny_segformer_dir: Path) -> Iterator[Served]:
+def served(tiny_segformer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    mmseg_checkpoint = save_mmseg_checkpoint(tmp_path_factory.mktemp("mmseg"))
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     port, grpc_port = free_port(), free_port()
     serve.start(
         http_options={"host": "127.0.0.1", "port": port},
         grpc_options={"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
     )
-    args = integration_args(tiny_segformer_dir)
+    args = integration_args(tiny_segformer_dir, mmseg_checkpoint)
     serve.run(build_app(args), name="segserve", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
