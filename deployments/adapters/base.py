@@ -61,7 +61,6 @@ class SegmentationAdapter(abc.ABC):
     def load(cls, config: ModelConfig, device: DevicePlan) -> SegmentationAdapter:
         """Build the model; raise ModelLoadError with an actionable message if it cannot."""
 
-    @abc.abstractmethod
     def predict_batch(
         self, images: Sequence[np.ndarray], output_sizes: Sequence[tuple[int, int]]
     ) -> list[np.ndarray]:
@@ -69,7 +68,28 @@ class SegmentationAdapter(abc.ABC):
 
         ``images`` are HxWx3 uint8 at ``input_spec`` sizes; each output size keeps
         the arg-max resolution bounded (the caller never asks for a huge one).
+        Images of one shape run as one forward pass; a mixed batch runs one pass
+        per shape, so every result equals what the image gets alone (padding to
+        a common size would change what convolutions and attention see).
         """
+        if len(images) != len(output_sizes):
+            raise ValueError("one output size per image")
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(images):
+            groups.setdefault(tuple(image.shape), []).append(index)
+        results: dict[int, np.ndarray] = {}
+        for indices in groups.values():
+            labels = self.predict_same_size(
+                [images[i] for i in indices], [output_sizes[i] for i in indices]
+            )
+            results.update(zip(indices, labels, strict=True))
+        return [results[i] for i in range(len(images))]
+
+    @abc.abstractmethod
+    def predict_same_size(
+        self, images: Sequence[np.ndarray], output_sizes: Sequence[tuple[int, int]]
+    ) -> list[np.ndarray]:
+        """:meth:`predict_batch` for images that all have one shape: one forward pass."""
 
     def describe(self) -> dict[str, Any]:
         """Facts for ``/v1/models``."""
@@ -80,9 +100,6 @@ class SegmentationAdapter(abc.ABC):
             "num_labels": len(self.labels),
             "input_spec": self.input_spec.to_dict(),
         }
-
-    def label_dtype(self) -> type[np.generic]:
-        return np.uint8 if len(self.labels) <= 256 else np.uint16
 
 
 def host_reachable(url: str, timeout_s: float = 3.0) -> tuple[bool, str]:

@@ -28,6 +28,7 @@ from deployments.adapters.torch_common import (
     apply_cpu_threads,
     autocast_dtype,
     inference_context,
+    label_map,
     upsample_argmax,
 )
 from deployments.config import ModelConfig
@@ -161,26 +162,15 @@ class HFSegformerAdapter(SegmentationAdapter):
         with inference_context(self.device, self.autocast):
             return self.forward(pixel_values=pixel_values).logits  # type: ignore[no-any-return]
 
-    def predict_batch(
+    def predict_same_size(
         self, images: Sequence[np.ndarray], output_sizes: Sequence[tuple[int, int]]
     ) -> list[np.ndarray]:
-        if len(images) != len(output_sizes):
-            raise ValueError("one output size per image")
-        results: list[np.ndarray | None] = [None] * len(images)
-        # Images of one shape run together; SegFormer's processor resizes to one
-        # size, so this is one group unless a caller mixes sizes.
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, image in enumerate(images):
-            groups.setdefault(tuple(image.shape), []).append(index)
-        for indices in groups.values():
-            logits = self.logits(self.preprocess([images[i] for i in indices]))
-            with torch.inference_mode():
-                for row, index in enumerate(indices):
-                    width, height = output_sizes[index]
-                    labels = upsample_argmax(logits[row], height, width, self._torch_label_dtype)
-                    array = labels.cpu().numpy()
-                    results[index] = array if array.dtype == np.uint8 else array.astype(np.uint16)
-        return [r for r in results if r is not None]
+        logits = self.logits(self.preprocess(images))
+        with torch.inference_mode():
+            return [
+                label_map(upsample_argmax(logits[row], height, width, self._torch_label_dtype))
+                for row, (width, height) in enumerate(output_sizes)
+            ]
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

@@ -31,6 +31,7 @@ from deployments.adapters.torch_common import (
     apply_cpu_threads,
     autocast_dtype,
     inference_context,
+    label_map,
     upsample_argmax,
 )
 from deployments.config import ModelConfig
@@ -288,31 +289,22 @@ class MMSegAdapter(SegmentationAdapter):
             scores = self.model.inference(inputs, metas)
         return scores.float()  # type: ignore[no-any-return]
 
-    def predict_batch(
+    def predict_same_size(
         self, images: Sequence[np.ndarray], output_sizes: Sequence[tuple[int, int]]
     ) -> list[np.ndarray]:
-        if len(images) != len(output_sizes):
-            raise ValueError("one output size per image")
-        results: list[np.ndarray | None] = [None] * len(images)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, image in enumerate(images):
-            groups.setdefault(tuple(image.shape), []).append(index)
-        for indices in groups.values():
-            with torch.inference_mode():
-                inputs, samples = self.batch_inputs([images[i] for i in indices])
-                scores = self.logits(inputs.to(self.device.kind), samples)
-                for row, index in enumerate(indices):
-                    meta = samples[row].metainfo
-                    top, bottom, left, right = _padding(meta)
-                    height, width = scores.shape[-2:]
-                    cropped = scores[row, :, top : height - bottom, left : width - right]
-                    out_w, out_h = output_sizes[index]
-                    labels = upsample_argmax(
-                        cropped, out_h, out_w, self._torch_label_dtype, self.align_corners
-                    )
-                    array = labels.cpu().numpy()
-                    results[index] = array if array.dtype == np.uint8 else array.astype(np.uint16)
-        return [r for r in results if r is not None]
+        with torch.inference_mode():
+            inputs, samples = self.batch_inputs(images)
+            scores = self.logits(inputs.to(self.device.kind), samples)
+            results = []
+            for row, (out_w, out_h) in enumerate(output_sizes):
+                top, bottom, left, right = _padding(samples[row].metainfo)
+                height, width = scores.shape[-2:]
+                cropped = scores[row, :, top : height - bottom, left : width - right]
+                labels = upsample_argmax(
+                    cropped, out_h, out_w, self._torch_label_dtype, self.align_corners
+                )
+                results.append(label_map(labels))
+            return results
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

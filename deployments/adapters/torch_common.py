@@ -8,6 +8,7 @@ import math
 from collections.abc import Iterator
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -126,3 +127,9 @@ def upsample_argmax_all(
             best_value = torch.where(better, value, best_value)
             best_index = torch.where(better, index + start, best_index)
     return best_index
+
+
+def label_map(labels: torch.Tensor) -> np.ndarray:
+    """A label tensor as the uint8 (or, past 256 classes, uint16) array clients get."""
+    array = labels.cpu().numpy()
+    return array if array.dtype == np.uint8 else array.astype(np.uint16)
