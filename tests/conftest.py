@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
-# Tests never reach the HuggingFace hub (a user's machine may have network; the
-# result must not depend on it). Set before Ray starts so replicas inherit it.
+# Tests never reach a model hub and never see a model a user has cached: a
+# user's machine may have network and downloads, and results must not depend on
+# them. Set before anything imports transformers or starts Ray (replicas and
+# `serve run` subprocesses inherit the environment).
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["SEGSERVE_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="segserve-tests-hf-")
+os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="segserve-tests-torch-")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from tests.tiny_models import TINY_SIZE, save_tiny_segformer

@@ -102,10 +102,20 @@ class SegmentationAdapter(abc.ABC):
         }
 
 
+OFFLINE_ENV = "SEGSERVE_OFFLINE"
+
+
 def host_reachable(url: str, timeout_s: float = 3.0) -> tuple[bool, str]:
-    """Whether ``url``'s host accepts a TCP connection: seconds, not minutes of retries."""
+    """Whether ``url``'s host accepts a TCP connection: seconds, not minutes of retries.
+
+    ``SEGSERVE_OFFLINE=1`` says no without trying (air-gapped clusters, tests).
+    """
+    import os
     import socket
     from urllib.parse import urlparse
+
+    if os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes", "on"):
+        return False, f"{OFFLINE_ENV} is set"
 
     parsed = urlparse(url)
     host = parsed.hostname or ""
