@@ -9,7 +9,7 @@ PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check -c constra
 .DEFAULT_GOAL := help
 
 help: ## Show the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,13 +19,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create/refresh .venv (torch pinned to the CPU-sized 2.13.0 by constraints.txt)
 
-serve: $(STAMP) ## Start the service on :8000 (serve run serve_config.yaml)
+serve: $(STAMP) ## Start the service: HTTP :8000, gRPC :9000 (serve run serve_config.yaml)
 	$(BIN)/serve run serve_config.yaml
 
 PROTO := deployments/protocols/segserve.proto
 PROTOC := $(BIN)/python -m grpc_tools.protoc -I .
 
-proto: $(STAMP) ## Regenerate the gRPC stubs (with .pyi) from $(PROTO)
+proto: $(STAMP) ## Regenerate the gRPC stubs (with .pyi) from the .proto
 	$(PROTOC) --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
 
 proto-check: $(STAMP) ## Fail when the checked-in gRPC stubs are stale
