@@ -36,43 +36,52 @@ TIMINGS = ("decode", "queue", "inference", "encode", "total")
 
 
 def naive_baseline(config_json: str, paths: list[str], threads: int, queue: Any) -> None:
-    """Runs in a child process so its peak memory is its own."""
+    """The framework's own inference at the original size, in a child process so its
+    peak memory is its own: HF processor + model + post_process_semantic_segmentation,
+    or mmseg's ``inference_model``. Same weights as served (the adapter's loader)."""
     import io
 
+    import numpy as np
     import torch
     from PIL import Image, ImageOps
-    from transformers import SegformerForSemanticSegmentation
 
-    from deployments.adapters.hf_segformer import _build_random, _load_pretrained, _load_processor
+    from deployments.adapters.base import adapter_class
+    from deployments.adapters.torch_common import plan_device
     from deployments.config import ModelConfig
-    from deployments.pipeline.errors import ModelLoadError
 
     torch.set_num_threads(threads)
     config = ModelConfig.model_validate_json(config_json)
-    try:
-        model = _load_pretrained(config.source, SegformerForSemanticSegmentation)
-    except ModelLoadError:
-        model = _build_random(config, SegformerForSemanticSegmentation)
-    model.eval()
-    processor = _load_processor(config.source)
+    adapter: Any = adapter_class(config.framework).load(config, plan_device(0, threads, threads))
+    if config.framework == "mmseg":
+        from mmseg.apis import inference_model
+
+        def run_one(image: Image.Image) -> None:
+            inference_model(adapter.model, np.ascontiguousarray(np.asarray(image)[..., ::-1]))
+
+    else:
+        from deployments.adapters.hf_segformer import _load_processor
+
+        processor = _load_processor(config.source)
+
+        def run_one(image: Image.Image) -> None:
+            with torch.inference_mode():
+                outputs = adapter.model(**processor(images=image, return_tensors="pt"))
+                processor.post_process_semantic_segmentation(
+                    outputs, target_sizes=[(image.height, image.width)]
+                )
+
     results: dict[str, float | str] = {}
     for path in paths:
         image = ImageOps.exif_transpose(Image.open(io.BytesIO(Path(path).read_bytes())))
         image = image.convert("RGB")
         started = time.perf_counter()
         try:
-            with torch.inference_mode():
-                inputs = processor(images=image, return_tensors="pt")
-                outputs = model(**inputs)
-                processor.post_process_semantic_segmentation(
-                    outputs, target_sizes=[(image.height, image.width)]
-                )
+            run_one(image)
             results[Path(path).name] = round((time.perf_counter() - started) * 1000, 1)
         except (RuntimeError, MemoryError) as e:  # out of memory is a result here
             results[Path(path).name] = f"failed: {type(e).__name__}: {str(e)[:120]}"
-    queue.put(
-        {"ms": results, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    )
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put({"ms": results, "peak_rss_mb": peak_mb})
 
 
 def bare_model_ms(config: Any, threads: int, repeat: int) -> float:
