@@ -10,6 +10,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from deployments.pipeline.outputs import ClassShare
+
+__all__ = ["ClassShare", "SegServeClientError", "SegmentationResult", "read_image"]
+
 
 class SegServeClientError(Exception):
     """A request that did not produce a result.
@@ -24,14 +28,6 @@ class SegServeClientError(Exception):
         self.code = code
         self.message = message
         self.status = status
-
-
-@dataclass(frozen=True)
-class ClassShare:
-    id: int
-    name: str
-    pixels: int
-    fraction: float
 
 
 @dataclass
