@@ -14,7 +14,8 @@ help: ## Show the targets
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip
-	$(PIP_INSTALL) -e '.[dev,mmseg]'
+	$(PIP_INSTALL) -e '.[dev,mmseg,paddle]'
+	$(PIP_INSTALL) --no-deps paddleseg==2.8.0  # see the paddle extra in pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create/refresh .venv (torch pinned to the CPU-sized 2.13.0 by constraints.txt)

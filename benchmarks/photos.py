@@ -45,8 +45,7 @@ def naive_baseline(config_json: str, paths: list[str], threads: int, queue: Any)
     import torch
     from PIL import Image, ImageOps
 
-    from deployments.adapters.base import adapter_class
-    from deployments.adapters.torch_common import plan_device
+    from deployments.adapters.base import adapter_class, plan_device
     from deployments.config import ModelConfig
 
     torch.set_num_threads(threads)
@@ -88,8 +87,7 @@ def bare_model_ms(config: Any, threads: int, repeat: int) -> float:
     """The adapter alone on one image at the model's input size: the floor for any photo."""
     import numpy as np
 
-    from deployments.adapters.base import adapter_class
-    from deployments.adapters.torch_common import plan_device
+    from deployments.adapters.base import adapter_class, plan_device
 
     adapter = adapter_class(config.framework).load(config, plan_device(0, threads, threads))
     width, height = adapter.input_spec.size or (512, 512)

@@ -40,19 +40,25 @@ class ModelConfig(StrictModel):
     name: str
     """The model's name in the API (``model=<name>``): letters, digits, ``.``, ``_``, ``-``."""
 
-    framework: Literal["hf_segformer", "mmseg"]
+    framework: Literal["hf_segformer", "mmseg", "paddleseg"]
     """Which adapter serves it."""
 
     source: str
     """hf_segformer: a HuggingFace hub id (``nvidia/segformer-b0-finetuned-ade-512-512``) or
     a local directory. mmseg: a config shipped with mmsegmentation (by name, e.g.
-    ``segformer_mit-b0_8xb2-160k_ade20k-512x512``) or a config file path."""
+    ``segformer_mit-b0_8xb2-160k_ade20k-512x512``) or a config file path. paddleseg: a
+    PaddleSeg config file (``.yml``), a PaddleSeg model class (``PPLiteSeg``) whose arguments
+    are ``config_options.model``, or an exported inference model (``paddle.jit.save``
+    output: a directory or path prefix)."""
 
     checkpoint: str | None = None
-    """mmseg: checkpoint path or URL; by default the model zoo's URL for a shipped config."""
+    """mmseg: checkpoint path or URL; by default the model zoo's URL for a shipped config.
+    paddleseg: a ``.pdparams`` path or URL."""
 
     config_options: dict[str, Any] = Field(default_factory=dict)
-    """mmseg: overrides merged into the config (mmengine ``merge_from_dict`` keys)."""
+    """mmseg: overrides merged into the config (mmengine ``merge_from_dict`` keys).
+    paddleseg: a PaddleSeg config dict merged over the source's (``model``,
+    ``val_dataset.transforms``, ``test_config``)."""
 
     weights: Literal["pretrained", "random", "auto"] = "auto"
     """``pretrained``: load the source's weights or fail; ``random``: build the architecture

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -37,6 +38,8 @@ class ModelCore:
             "expired": 0,
             "largest_batch": 0,
             "largest_input_pixels": 0,
+            "busy_s": 0.0,
+            "cpu_s": 0.0,
         }
 
     def card(self) -> ModelCard:
@@ -69,12 +72,15 @@ class ModelCore:
         live_ids = {id(r) for r in live}
         inference_ms = 0.0
         labels = []
+        busy_s = cpu_s = 0.0
         if live:
-            began = time.perf_counter()
+            began, cpu_began = time.perf_counter(), time.process_time()
             labels = self.adapter.predict_batch(
                 [r.image for r in live], [r.label_size for r in live]
             )
-            inference_ms = (time.perf_counter() - began) * 1000
+            busy_s = time.perf_counter() - began
+            cpu_s = time.process_time() - cpu_began
+            inference_ms = busy_s * 1000
         outputs = iter(labels)
         for request in requests:
             if id(request) in live_ids:
@@ -97,6 +103,8 @@ class ModelCore:
             self.stats["requests"] += len(live)
             self.stats["expired"] += len(requests) - len(live)
             self.stats["batches"] += 1 if live else 0
+            self.stats["busy_s"] += busy_s
+            self.stats["cpu_s"] += cpu_s
             self.stats["largest_batch"] = max(self.stats["largest_batch"], len(live))
             self.stats["largest_input_pixels"] = max(
                 [self.stats["largest_input_pixels"], *(r.pixels for r in requests)]
@@ -116,6 +124,16 @@ class ModelCore:
                 "label_max_pixels": self.config.label_max_pixels,
                 "load_s": round(self.load_s, 2),
                 "stats": dict(self.stats),
+                # Process CPU seconds per second of running batches: about the
+                # threads the model really uses (above its cpu_threads: oversubscribed).
+                "cpu_cores_used": (
+                    round(self.stats["cpu_s"] / self.stats["busy_s"], 2)
+                    if self.stats["busy_s"]
+                    else None
+                ),
+                "frameworks_loaded": sorted(
+                    name for name in ("paddle", "torch") if name in sys.modules
+                ),
                 "peak_rss_mb": round(peak_rss_mb(), 1),
             }
         )

@@ -16,7 +16,7 @@ from typing import Any
 import ray
 from ray import serve
 
-from deployments.adapters.torch_common import plan_device
+from deployments.adapters.base import adapter_class, plan_device
 from deployments.config import ModelConfig
 from deployments.model_core import ModelCore
 from deployments.pipeline.errors import SegServeError
@@ -37,6 +37,7 @@ class ModelServer:
             gpus_assigned=float(resources.get("GPU", 0.0)),
             cpus_assigned=float(resources.get("CPU", config.num_cpus or 1.0)),
             cpu_threads=config.cpu_threads,
+            cuda_available=adapter_class(config.framework).cuda_available,
         )
         if device.fallback_reason:
             logger.warning("model %r: %s; running on CPU", config.name, device.fallback_reason)

@@ -16,6 +16,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["SEGSERVE_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="segserve-tests-hf-")
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="segserve-tests-torch-")
+os.environ["SEG_HOME"] = tempfile.mkdtemp(prefix="segserve-tests-paddleseg-")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from tests.tiny_models import TINY_SIZE, save_tiny_segformer

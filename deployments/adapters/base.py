@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
+from deployments.pipeline.errors import ModelLoadError
 from deployments.pipeline.imaging import InputSpec
 
 if TYPE_CHECKING:
@@ -42,6 +44,29 @@ class DevicePlan:
         }
 
 
+def plan_device(
+    gpus_assigned: float,
+    cpus_assigned: float,
+    cpu_threads: int | None,
+    cuda_available: Callable[[], bool] | None = None,
+) -> DevicePlan:
+    """CUDA when the replica was given a GPU and its framework sees one, else CPU.
+
+    CPU threads match the CPUs Ray assigned (rounded up) unless configured, so
+    replicas sharing a node do not oversubscribe its cores.
+    """
+    threads = cpu_threads or max(1, math.ceil(cpus_assigned))
+    if gpus_assigned > 0:
+        if cuda_available is not None and cuda_available():
+            return DevicePlan(kind="cuda", cpu_threads=threads)
+        return DevicePlan(
+            kind="cpu",
+            cpu_threads=threads,
+            fallback_reason=f"{gpus_assigned:g} GPU assigned but CUDA is not available here",
+        )
+    return DevicePlan(kind="cpu", cpu_threads=threads)
+
+
 class SegmentationAdapter(abc.ABC):
     """One framework's model behind the one interface the model server uses."""
 
@@ -55,6 +80,11 @@ class SegmentationAdapter(abc.ABC):
     weights: Weights
     #: Why the model runs on random weights, when it does.
     weights_note: str | None = None
+
+    @classmethod
+    @abc.abstractmethod
+    def cuda_available(cls) -> bool:
+        """Whether this framework can use a GPU in this process (imports the framework)."""
 
     @classmethod
     @abc.abstractmethod
@@ -102,6 +132,34 @@ class SegmentationAdapter(abc.ABC):
         }
 
 
+def check_weights(
+    model_shapes: Mapping[str, tuple[int, ...]],
+    checkpoint_shapes: Mapping[str, tuple[int, ...]],
+    where: str,
+) -> None:
+    """Raise ModelLoadError naming the first missing, unexpected or mis-shaped weight.
+
+    Frameworks' own loaders skip such weights with a warning (or not at all),
+    which would serve a half-random model without telling anyone.
+    """
+    missing = sorted(set(model_shapes) - set(checkpoint_shapes))
+    unexpected = sorted(set(checkpoint_shapes) - set(model_shapes))
+    mismatched = [
+        f"{key}: checkpoint {checkpoint_shapes[key]} vs model {model_shapes[key]}"
+        for key in sorted(set(model_shapes) & set(checkpoint_shapes))
+        if tuple(checkpoint_shapes[key]) != tuple(model_shapes[key])
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[0]})")
+        if missing:
+            parts.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise ModelLoadError(f"checkpoint {where} does not match the config: {'; '.join(parts)}")
+
+
 OFFLINE_ENV = "SEGSERVE_OFFLINE"
 
 
@@ -137,4 +195,8 @@ def adapter_class(framework: str) -> type[SegmentationAdapter]:
         from deployments.adapters.mmseg import MMSegAdapter
 
         return MMSegAdapter
+    if framework == "paddleseg":
+        from deployments.adapters.paddleseg import PaddleSegAdapter
+
+        return PaddleSegAdapter
     raise ValueError(f"unknown framework {framework!r}")

@@ -27,6 +27,7 @@ from deployments.adapters.labels import DATASETS, dataset_from_name
 from deployments.adapters.torch_common import (
     apply_cpu_threads,
     autocast_dtype,
+    cuda_available,
     inference_context,
     label_map,
     upsample_argmax,
@@ -71,6 +72,10 @@ _DEFAULT_SIZE = 512
 
 class HFSegformerAdapter(SegmentationAdapter):
     framework = "hf_segformer"
+
+    @classmethod
+    def cuda_available(cls) -> bool:
+        return cuda_available()
 
     def __init__(
         self,

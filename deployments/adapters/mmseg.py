@@ -26,10 +26,17 @@ import numpy as np
 import torch
 
 from deployments.adapters import mmcv_compat
-from deployments.adapters.base import DevicePlan, SegmentationAdapter, Weights, host_reachable
+from deployments.adapters.base import (
+    DevicePlan,
+    SegmentationAdapter,
+    Weights,
+    check_weights,
+    host_reachable,
+)
 from deployments.adapters.torch_common import (
     apply_cpu_threads,
     autocast_dtype,
+    cuda_available,
     inference_context,
     label_map,
     upsample_argmax,
@@ -122,23 +129,11 @@ def load_state_dict_safely(path: Path) -> tuple[dict[str, torch.Tensor], dict[st
 
 
 def _apply_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [
-        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(own[key].shape)}"
-        for key in sorted(set(own) & set(state))
-        if tuple(state[key].shape) != tuple(own[key].shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[0]})")
-        if missing:
-            parts.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        raise ModelLoadError(f"checkpoint {where} does not match the config: {'; '.join(parts)}")
+    check_weights(
+        {key: tuple(value.shape) for key, value in model.state_dict().items()},
+        {key: tuple(value.shape) for key, value in state.items()},
+        where,
+    )
     model.load_state_dict(state, strict=True)
 
 
@@ -163,6 +158,10 @@ def _fetch(url: str) -> Path:
 
 class MMSegAdapter(SegmentationAdapter):
     framework = "mmseg"
+
+    @classmethod
+    def cuda_available(cls) -> bool:
+        return cuda_available()
 
     def __init__(
         self,

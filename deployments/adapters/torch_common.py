@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Iterator
 from typing import Literal
 
@@ -21,22 +20,12 @@ logger = logging.getLogger("segserve.adapters")
 CLASS_CHUNK = 16
 
 
-def plan_device(gpus_assigned: float, cpus_assigned: float, cpu_threads: int | None) -> DevicePlan:
-    """CUDA when the replica was given a GPU and one is visible, else CPU with matched threads."""
-    threads = cpu_threads or max(1, math.ceil(cpus_assigned))
-    if gpus_assigned > 0:
-        if torch.cuda.is_available():
-            return DevicePlan(kind="cuda", cpu_threads=threads)
-        return DevicePlan(
-            kind="cpu",
-            cpu_threads=threads,
-            fallback_reason=f"{gpus_assigned:g} GPU assigned but CUDA is not available here",
-        )
-    return DevicePlan(kind="cpu", cpu_threads=threads)
-
-
 def apply_cpu_threads(plan: DevicePlan) -> None:
     torch.set_num_threads(plan.cpu_threads)
+
+
+def cuda_available() -> bool:
+    return bool(torch.cuda.is_available())
 
 
 def autocast_dtype(

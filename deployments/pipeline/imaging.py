@@ -58,26 +58,43 @@ class InputSpec:
     backend: str = "pil"
     #: The adapter pads its batch to a multiple of this; informational for the gateway.
     size_divisor: int = 1
+    #: How a keep-ratio size is rounded: "half_up" as mmcv's ``rescale_size``,
+    #: "half_even" (Python's ``round``) as PaddleSeg's.
+    rounding: str = "half_up"
+    #: Each side of the resize target is rounded up to a multiple of this
+    #: (PaddleSeg's ``Resize(size_divisor=...)`` resizes to it, it does not pad).
+    size_multiple: int = 1
 
     def __post_init__(self) -> None:
         if (self.size is None) == (self.scale is None):
             raise ValueError("InputSpec needs exactly one of size or scale")
+        if self.rounding not in ("half_up", "half_even"):
+            raise ValueError(f"unknown rounding {self.rounding!r}")
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         """The (width, height) the model should see for an image of this size."""
         if self.size is not None:
-            return self.size
-        assert self.scale is not None
-        long_edge, short_edge = max(self.scale), min(self.scale)
-        factor = min(long_edge / max(width, height), short_edge / min(width, height))
-        # Rounded as mmcv.rescale_size does, so sizes match MMSegmentation's exactly.
-        return max(1, int(width * factor + 0.5)), max(1, int(height * factor + 0.5))
+            target = self.size
+        else:
+            assert self.scale is not None
+            long_edge, short_edge = max(self.scale), min(self.scale)
+            factor = min(long_edge / max(width, height), short_edge / min(width, height))
+            if self.rounding == "half_even":
+                target = (round(width * factor), round(height * factor))
+            else:  # as mmcv.rescale_size does, so sizes match MMSegmentation's exactly
+                target = (int(width * factor + 0.5), int(height * factor + 0.5))
+        multiple = self.size_multiple
+        return (
+            max(multiple, math.ceil(target[0] / multiple) * multiple),
+            max(multiple, math.ceil(target[1] / multiple) * multiple),
+        )
 
     def to_dict(self) -> dict[str, object]:
         return {
             "size": list(self.size) if self.size else None,
             "scale": list(self.scale) if self.scale else None,
             "size_divisor": self.size_divisor,
+            "size_multiple": self.size_multiple,
             "resize": self.backend,
         }
 

@@ -13,8 +13,8 @@ import pytest
 import ray
 from ray import serve
 
+from deployments.adapters.base import plan_device
 from deployments.adapters.hf_segformer import HFSegformerAdapter
-from deployments.adapters.torch_common import plan_device
 from deployments.app import build_app
 from deployments.config import AppArgs, ModelConfig, parse_args
 

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from transformers import SegformerForSemanticSegmentation
 
+from deployments.adapters.base import plan_device
 from deployments.adapters.hf_segformer import HFSegformerAdapter
-from deployments.adapters.torch_common import candidate_classes, plan_device, upsample_argmax
+from deployments.adapters.torch_common import candidate_classes, upsample_argmax
 from deployments.config import ModelConfig
 from deployments.pipeline.errors import ModelLoadError
 from deployments.pipeline.imaging import ImageLimits, decode_image, fit_within, resize_labels

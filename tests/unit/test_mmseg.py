@@ -10,8 +10,8 @@ import torch
 
 pytest.importorskip("mmseg", reason="the mmseg extra is not installed")
 
+from deployments.adapters.base import plan_device
 from deployments.adapters.mmseg import MMSegAdapter
-from deployments.adapters.torch_common import plan_device
 from deployments.config import ModelConfig
 from deployments.pipeline.errors import ModelLoadError
 from deployments.pipeline.imaging import ImageLimits, decode_image, fit_within, resize_labels
