@@ -73,4 +73,6 @@ class ModelServer:
         return True
 
     async def describe(self) -> dict[str, Any]:
-        return self.core.describe()
+        info = self.core.describe()
+        info["replica"] = serve.get_replica_context().replica_id.unique_id
+        return info

@@ -35,6 +35,7 @@ class Served:
     grpc_target: str
     args: AppArgs
     tiny_dir: Path
+    paddle_params: Path | None = None
 
 
 MMSEG_CONFIG = "segformer_mit-b0_8xb2-160k_ade20k-512x512"
@@ -60,7 +61,35 @@ def save_mmseg_checkpoint(directory: Path) -> Path | None:
     return path
 
 
-def integration_args(tiny_dir: Path, mmseg_checkpoint: Path | None = None) -> AppArgs:
+def save_paddle_params(directory: Path) -> Path | None:
+    """Random PP-LiteSeg parameters written with paddle.save (None without paddleseg)."""
+    try:
+        from tests.paddle_models import save_pdparams
+    except ImportError:
+        return None
+    return save_pdparams(directory / "ppliteseg.pdparams", seed=11)
+
+
+def paddle_model(pdparams: Path) -> dict[str, object]:
+    from tests.paddle_models import PPLITESEG_OPTIONS
+
+    return {
+        # PaddleSeg: a model class and its arguments + a .pdparams file. Two replicas
+        # of one CPU each: each must run one Paddle thread, not one per core.
+        "name": "paddle-pp",
+        "framework": "paddleseg",
+        "source": "PPLiteSeg",
+        "checkpoint": str(pdparams),
+        "weights": "pretrained",
+        "config_options": PPLITESEG_OPTIONS,
+        "num_replicas": 2,
+        "num_cpus": 1,
+    }
+
+
+def integration_args(
+    tiny_dir: Path, mmseg_checkpoint: Path | None = None, paddle_params: Path | None = None
+) -> AppArgs:
     return parse_args(
         {
             "gateway": {
@@ -93,6 +122,7 @@ def integration_args(tiny_dir: Path, mmseg_checkpoint: Path | None = None) -> Ap
                     if mmseg_checkpoint
                     else []
                 ),
+                *([paddle_model(paddle_params)] if paddle_params else []),
                 {
                     # The shipped model's hub id: offline here, so `auto` falls back to random.
                     "name": "b0",
@@ -109,13 +139,15 @@ def integration_args(tiny_dir: Path, mmseg_checkpoint: Path | None = None) -> Ap
 @pytest.fixture(scope="session")
 def served(tiny_segformer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     mmseg_checkpoint = save_mmseg_checkpoint(tmp_path_factory.mktemp("mmseg"))
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    paddle_params = save_paddle_params(tmp_path_factory.mktemp("paddle"))
+    # Logical CPUs: more than this machine's cores so every model gets its own replica.
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
     port, grpc_port = free_port(), free_port()
     serve.start(
         http_options={"host": "127.0.0.1", "port": port},
         grpc_options={"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
     )
-    args = integration_args(tiny_segformer_dir, mmseg_checkpoint)
+    args = integration_args(tiny_segformer_dir, mmseg_checkpoint, paddle_params)
     serve.run(build_app(args), name="segserve", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -124,7 +156,11 @@ def served(tiny_segformer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
         time.sleep(0.5)
     try:
         yield Served(
-            url=url, grpc_target=f"127.0.0.1:{grpc_port}", args=args, tiny_dir=tiny_segformer_dir
+            url=url,
+            grpc_target=f"127.0.0.1:{grpc_port}",
+            args=args,
+            tiny_dir=tiny_segformer_dir,
+            paddle_params=paddle_params,
         )
     finally:
         serve.shutdown()
