@@ -100,3 +100,21 @@ def test_the_shipped_mmseg_model_answers(serve_run: str) -> None:
     body = response.json()
     assert body["processed"] == {"width": 768, "height": 512}  # the config's 2048x512 keep-ratio
     assert body["classes"] and "random weights" in body["warning"]
+
+
+def test_the_shipped_paddleseg_model_answers(serve_run: str) -> None:
+    models = httpx.get(f"{serve_run}/v1/models", timeout=30).json()["models"]
+    paddle = [m for m in models if m["framework"] == "paddleseg"]
+    # Offline: the model zoo's .pdparams URL is unreachable, so `auto` falls back to random.
+    assert len(paddle) == 1 and paddle[0]["weights"] == "random"
+    assert len(paddle[0]["labels"]) == 19 and paddle[0]["labels"][0] == "road"
+    response = httpx.post(
+        f"{serve_run}/v1/segment",
+        content=jpeg(600, 400),
+        params={"model": paddle[0]["name"], "outputs": "classes"},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["processed"] == {"width": 1024, "height": 512}  # Resize to 1024x512
+    assert body["classes"] and "random weights" in body["warning"]
