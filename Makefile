@@ -51,6 +51,7 @@ test: lint ## Lint, then the whole test suite (unit, integration, e2e)
 bench: $(STAMP) ## Benchmarks (JSON on stdout): overhead, photos, transports
 	$(BIN)/python -m benchmarks.overhead
 	$(BIN)/python -m benchmarks.photos
+	$(BIN)/python -m benchmarks.photos --model paddleseg-ppliteseg-t-cityscapes
 	$(BIN)/python -m benchmarks.transports
 
 clean: ## Remove the virtual environment and caches

@@ -4,8 +4,10 @@ For every photo in a folder (default: ../shared/testdata/photos when present,
 else generated ones up to 6000x4000) it reports the client-measured end-to-end
 time, the server's decode/queue/inference/encode split, and the peak RSS of the
 model replica and the gateway; then, in the same run, the naive HuggingFace
-way (processor + model + post_process_semantic_segmentation at the original
-size) on the same weights, with its time and peak memory. Prints JSON.
+way on the same weights, with its time and peak memory: HuggingFace's processor
++ model + post_process_semantic_segmentation at the original size, mmseg's
+``inference_model``, or PaddleSeg's predict path (its transforms, then
+``infer.inference`` with the logits resized back to the photo). Prints JSON.
 
     python -m benchmarks.photos [--dir PHOTOS] [--repeat 3]
 """
@@ -38,28 +40,62 @@ TIMINGS = ("decode", "queue", "inference", "encode", "total")
 def naive_baseline(config_json: str, paths: list[str], threads: int, queue: Any) -> None:
     """The framework's own inference at the original size, in a child process so its
     peak memory is its own: HF processor + model + post_process_semantic_segmentation,
-    or mmseg's ``inference_model``. Same weights as served (the adapter's loader)."""
+    mmseg's ``inference_model``, or PaddleSeg's predict path. Same weights as served
+    (the adapter's loader)."""
     import io
 
     import numpy as np
-    import torch
     from PIL import Image, ImageOps
 
     from deployments.adapters.base import adapter_class, plan_device
     from deployments.config import ModelConfig
 
-    torch.set_num_threads(threads)
     config = ModelConfig.model_validate_json(config_json)
     adapter: Any = adapter_class(config.framework).load(config, plan_device(0, threads, threads))
-    if config.framework == "mmseg":
+    if config.framework == "paddleseg":
+        import paddle
+        from paddleseg.core import infer
+        from paddleseg.transforms import Compose
+
+        from deployments.adapters.paddleseg import load_config_dict
+
+        # PaddleSeg's predict.py: its transforms on the decoded photo, then
+        # inference with the logits resized back to the original size.
+        dic = load_config_dict(config)
+        builder = _paddleseg_builder()
+        transforms = Compose(
+            [builder.build_component(step) for step in dic["val_dataset"]["transforms"]]
+        )
+        test = dic.get("test_config") or {}
+
+        def run_one(image: Image.Image) -> None:
+            bgr = np.ascontiguousarray(np.asarray(image, dtype=np.float32)[..., ::-1])
+            data = transforms({"img": bgr})
+            with paddle.no_grad():
+                infer.inference(
+                    adapter.model,
+                    paddle.to_tensor(data["img"][np.newaxis]),
+                    trans_info=data["trans_info"],
+                    is_slide=bool(test.get("is_slide", False)),
+                    crop_size=test.get("crop_size"),
+                    stride=test.get("stride"),
+                )
+
+    elif config.framework == "mmseg":
+        import torch
         from mmseg.apis import inference_model
+
+        torch.set_num_threads(threads)
 
         def run_one(image: Image.Image) -> None:
             inference_model(adapter.model, np.ascontiguousarray(np.asarray(image)[..., ::-1]))
 
     else:
+        import torch
+
         from deployments.adapters.hf_segformer import _load_processor
 
+        torch.set_num_threads(threads)
         processor = _load_processor(config.source)
 
         def run_one(image: Image.Image) -> None:
@@ -77,10 +113,17 @@ def naive_baseline(config_json: str, paths: list[str], threads: int, queue: Any)
         try:
             run_one(image)
             results[Path(path).name] = round((time.perf_counter() - started) * 1000, 1)
-        except (RuntimeError, MemoryError) as e:  # out of memory is a result here
+        except (RuntimeError, MemoryError, ValueError) as e:  # out of memory is a result here
             results[Path(path).name] = f"failed: {type(e).__name__}: {str(e)[:120]}"
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put({"ms": results, "peak_rss_mb": peak_mb})
+
+
+def _paddleseg_builder() -> Any:
+    from paddleseg.cvlibs import manager
+    from paddleseg.cvlibs.builder import Builder
+
+    return Builder(None, comp_list=[manager.TRANSFORMS])
 
 
 def bare_model_ms(config: Any, threads: int, repeat: int) -> float:
