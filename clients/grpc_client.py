@@ -35,12 +35,15 @@ def _request(
     budget_ms: float | None,
     outputs: list[str] | None,
     mask_size: str | None,
+    strict: bool | None = None,
 ) -> pb.SegmentRequest:
     request = pb.SegmentRequest(
         image=read_image(image), model=model or "", mask_size=mask_size or "", outputs=outputs or []
     )
     if budget_ms is not None:
         request.budget_ms = budget_ms
+    if strict is not None:
+        request.strict = strict
     return request
 
 
@@ -88,8 +91,9 @@ class GrpcSegServeClient:
         outputs: list[str] | None = None,
         mask_size: str | None = None,
         timeout: float | None = None,
+        strict: bool | None = None,
     ) -> SegmentationResult:
-        request = _request(image, model, budget_ms, outputs, mask_size)
+        request = _request(image, model, budget_ms, outputs, mask_size, strict)
         deadline = timeout or self.timeout
         try:
             response = self._stub.Segment(
@@ -132,8 +136,9 @@ class AsyncGrpcSegServeClient:
         outputs: list[str] | None = None,
         mask_size: str | None = None,
         timeout: float | None = None,
+        strict: bool | None = None,
     ) -> SegmentationResult:
-        request = _request(image, model, budget_ms, outputs, mask_size)
+        request = _request(image, model, budget_ms, outputs, mask_size, strict)
         deadline = timeout or self.timeout
         try:
             response = await self._stub.Segment(

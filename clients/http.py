@@ -13,9 +13,14 @@ DEFAULT_URL = "http://localhost:8000"
 
 
 def _params(
-    model: str | None, budget_ms: float | None, outputs: list[str] | None, mask_size: str | None
+    model: str | None,
+    budget_ms: float | None,
+    outputs: list[str] | None,
+    mask_size: str | None,
+    strict: bool | None = None,
 ) -> dict[str, str]:
     params = {"model": model, "budget_ms": budget_ms, "mask_size": mask_size}
+    params["strict"] = None if strict is None else str(strict).lower()
     params["outputs"] = ",".join(outputs) if outputs else None
     return {key: str(value) for key, value in params.items() if value is not None}
 
@@ -51,13 +56,14 @@ class SegServeClient:
         budget_ms: float | None = None,
         outputs: list[str] | None = None,
         mask_size: str | None = None,
+        strict: bool | None = None,
     ) -> SegmentationResult:
         try:
             response = self._http.post(
                 "/v1/segment",
                 content=read_image(image),
                 headers={"Content-Type": "application/octet-stream"},
-                params=_params(model, budget_ms, outputs, mask_size),
+                params=_params(model, budget_ms, outputs, mask_size, strict),
             )
         except httpx.HTTPError as e:
             raise _transport_error(e, self.url) from e
@@ -94,13 +100,14 @@ class AsyncSegServeClient:
         budget_ms: float | None = None,
         outputs: list[str] | None = None,
         mask_size: str | None = None,
+        strict: bool | None = None,
     ) -> SegmentationResult:
         try:
             response = await self._http.post(
                 "/v1/segment",
                 content=read_image(image),
                 headers={"Content-Type": "application/octet-stream"},
-                params=_params(model, budget_ms, outputs, mask_size),
+                params=_params(model, budget_ms, outputs, mask_size, strict),
             )
         except httpx.HTTPError as e:
             raise _transport_error(e, self.url) from e

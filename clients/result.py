@@ -42,6 +42,8 @@ class SegmentationResult:
     timings_ms: dict[str, float]
     batch_size: int
     warning: str | None = None
+    #: {budget_ms, predicted_ms, met, chosen_by}: how the model was chosen.
+    budget: dict[str, Any] = field(default_factory=dict)
     _labels: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -76,6 +78,7 @@ class SegmentationResult:
             timings_ms=dict(body["timings_ms"]),
             batch_size=body["batch_size"],
             warning=body.get("warning"),
+            budget=dict(body.get("budget") or {}),
         )
 
     @classmethod
@@ -101,6 +104,14 @@ class SegmentationResult:
             },
             batch_size=response.batch_size,
             warning=response.warning or None,
+            budget={
+                "budget_ms": response.budget.budget_ms
+                if response.budget.HasField("budget_ms")
+                else None,
+                "predicted_ms": response.budget.predicted_ms,
+                "met": response.budget.met if response.budget.HasField("met") else None,
+                "chosen_by": response.budget.chosen_by,
+            },
         )
 
 

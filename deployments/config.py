@@ -75,7 +75,9 @@ class ModelConfig(StrictModel):
     """Seed for random weights, so every replica of a random model answers alike."""
 
     quality: float | None = Field(default=None, ge=0, le=100)
-    """Accuracy figure used to rank models (e.g. ADE20K mIoU)."""
+    """Accuracy figure used to rank models for ``model=auto`` with a budget (e.g. ADE20K
+    mIoU); a model without one, or whose labels differ from the default model's, is never
+    picked by budget."""
 
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """``auto``: bf16 (or fp16) autocast on CUDA, fp32 on CPU."""
@@ -92,6 +94,9 @@ class ModelConfig(StrictModel):
 
     batching: BatchingConfig = BatchingConfig()
     """Request batching in the replica."""
+
+    warmup_batches: int = Field(default=2, ge=0, le=16)
+    """Batches (of 1, 2, ... images) timed at replica start to seed the latency model."""
 
     num_replicas: int = Field(default=1, ge=1)
     num_cpus: float = Field(default=1.0, ge=0)
@@ -133,6 +138,16 @@ class LimitsConfig(StrictModel):
         )
 
 
+class RoutingConfig(StrictModel):
+    """How ``model=auto`` with a ``budget_ms`` picks a model."""
+
+    margin_sigmas: float = Field(default=3.0, ge=0, le=10)
+    """Predicted times add this many standard deviations of the fit's residuals."""
+
+    half_life: float = Field(default=50.0, gt=0, le=100_000)
+    """Half-life of the online latency fits, in observed batches."""
+
+
 class GatewayConfig(StrictModel):
     default_model: str | None = None
     """Model used for ``model=auto``; by default the first model listed."""
@@ -142,6 +157,9 @@ class GatewayConfig(StrictModel):
 
     png_compress_level: int = Field(default=1, ge=0, le=9)
     """zlib level of the label PNG (1 is fast and label maps compress well)."""
+
+    routing: RoutingConfig = RoutingConfig()
+    """Latency-budget routing (``model=auto&budget_ms=...``)."""
 
     num_replicas: int = Field(default=1, ge=1)
     num_cpus: float = Field(default=0.5, ge=0)

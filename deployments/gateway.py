@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
+from ray.serve import metrics
 from ray.serve.exceptions import BackPressureError
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
@@ -36,13 +37,15 @@ from deployments.pipeline.errors import (
     UnknownModel,
     UnsupportedImage,
 )
-from deployments.pipeline.options import parse_options
+from deployments.pipeline.options import SegmentOptions, parse_options
 from deployments.pipeline.process import peak_rss_mb
 from deployments.pipeline.service import (
     ModelCard,
     Prediction,
     PredictRequest,
+    RoutingSettings,
     SegmentationService,
+    SegmentResult,
 )
 from deployments.protocols import convert
 from deployments.protocols import segserve_pb2 as pb
@@ -190,6 +193,11 @@ class Gateway:
         handles: Mapping[str, DeploymentHandle[Any]],
     ) -> None:
         self.config = config
+        self.routes = metrics.Counter(
+            "segserve_routed_requests",
+            "Answered requests by model, how it was chosen and whether the budget was met.",
+            tag_keys=("model", "chosen_by", "budget_met"),  # type: ignore[arg-type]
+        )
         self.model_configs = {m.name: m for m in models}
         self.handles = dict(handles)
         self.endpoints = {name: RayModelEndpoint(h) for name, h in self.handles.items()}
@@ -198,6 +206,9 @@ class Gateway:
             default_model=config.default_model or models[0].name,
             limits=config.limits.image_limits(),
             png_compress_level=config.png_compress_level,
+            routing=RoutingSettings(
+                margin_sigmas=config.routing.margin_sigmas, half_life=config.routing.half_life
+            ),
         )
 
     # ------------------------------------------------------------ segmentation
@@ -210,13 +221,14 @@ class Gateway:
         budget_ms: str | None = None,
         outputs: str | None = None,
         mask_size: str | None = None,
+        strict: str | None = None,
     ) -> Response:
-        options = parse_options(model, budget_ms, outputs, mask_size)
+        options = parse_options(model, budget_ms, outputs, mask_size, strict)
         wants_png = _accepts_png_only(request.headers.get("accept", ""))
         if wants_png:
             options = _with_mask(options)
         data = await self._read_image(request)
-        result = await self.service.segment(data, options)
+        result = await self._segment(data, options)
         if wants_png:
             assert result.mask_png is not None
             return Response(
@@ -227,9 +239,22 @@ class Gateway:
                     "X-Segserve-Weights": result.weights,
                     "X-Segserve-Batch-Size": str(result.batch_size),
                     "X-Segserve-Total-Ms": f"{result.timings_ms['total']:.1f}",
+                    "X-Segserve-Chosen-By": str(result.budget.get("chosen_by", "")),
                 },
             )
         return JSONResponse(result.to_json())
+
+    async def _segment(self, data: bytes, options: SegmentOptions) -> SegmentResult:
+        result = await self.service.segment(data, options)
+        met = result.budget.get("met")
+        self.routes.inc(
+            tags={
+                "model": result.model,
+                "chosen_by": str(result.budget.get("chosen_by", "")),
+                "budget_met": "none" if met is None else str(met).lower(),
+            }
+        )
+        return result
 
     async def _read_image(self, request: Request) -> bytes:
         limit = self.config.limits.max_request_bytes
@@ -267,13 +292,14 @@ class Gateway:
                 budget,
                 ",".join(request.outputs) or None,
                 request.mask_size or None,
+                request.strict if request.HasField("strict") else None,
             )
             if len(request.image) > self.config.limits.max_request_bytes:
                 raise PayloadTooLarge(
                     f"image is {len(request.image)} bytes; "
                     f"the limit is {self.config.limits.max_request_bytes} bytes"
                 )
-            result = await self.service.segment(request.image, options)
+            result = await self._segment(request.image, options)
             return convert.segment_response(result)
         except Exception as e:
             _set_grpc_error(grpc_context, e)
@@ -332,6 +358,7 @@ class Gateway:
             }
         info["replicas"] = await asyncio.to_thread(_replica_counts, deployment_name(name))
         info["num_replicas"] = config.num_replicas
+        info["routing"] = self.service.routing_info(name)
         return info
 
     @app.get("/healthz")

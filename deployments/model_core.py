@@ -14,12 +14,14 @@ import math
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from deployments.adapters.base import DevicePlan, SegmentationAdapter, adapter_class
 from deployments.config import ModelConfig
 from deployments.pipeline.errors import DeadlineExceeded, SegServeError
+from deployments.pipeline.latency import LatencySample
 from deployments.pipeline.process import peak_rss_mb
 from deployments.pipeline.service import ModelCard, Prediction, PredictRequest
 
@@ -41,6 +43,24 @@ class ModelCore:
             "busy_s": 0.0,
             "cpu_s": 0.0,
         }
+        self.warmup = self._timed_warmup()
+
+    def _timed_warmup(self) -> tuple[LatencySample, ...]:
+        """Batches of 1, 2, ... images at the model's input size, timed: the latency seed."""
+        import numpy as np
+
+        width, height = self.adapter.input_spec.target_size(512, 512)
+        batching = self.config.batching
+        samples = []
+        for run in range(self.config.warmup_batches):
+            count = min(run + 1, batching.max_batch_size)
+            count = max(1, min(count, batching.max_batch_pixels // (width * height)))
+            images = [np.zeros((height, width, 3), np.uint8)] * count
+            began = time.perf_counter()
+            self.adapter.predict_batch(images, [(width, height)] * count)
+            ms = (time.perf_counter() - began) * 1000
+            samples.append(LatencySample(count * width * height, ms))
+        return tuple(samples)
 
     def card(self) -> ModelCard:
         return ModelCard(
@@ -51,6 +71,11 @@ class ModelCore:
             labels=list(self.adapter.labels),
             input_spec=self.adapter.input_spec,
             label_max_pixels=self.config.label_max_pixels,
+            quality=self.config.quality,
+            warmup=self.warmup,
+            max_batch_size=self.config.batching.max_batch_size,
+            max_batch_pixels=self.config.batching.max_batch_pixels,
+            replicas=self.config.num_replicas,
         )
 
     def batch_cost(self, request: PredictRequest) -> int:
@@ -82,6 +107,8 @@ class ModelCore:
             cpu_s = time.process_time() - cpu_began
             inference_ms = busy_s * 1000
         outputs = iter(labels)
+        batch_id = uuid.uuid4().hex
+        batch_pixels = sum(r.pixels for r in live)
         for request in requests:
             if id(request) in live_ids:
                 results.append(
@@ -90,6 +117,8 @@ class ModelCore:
                         queue_ms=(batch_start - request.sent_at) * 1000,
                         inference_ms=inference_ms,
                         batch_size=len(live),
+                        batch_pixels=batch_pixels,
+                        batch_id=batch_id,
                     )
                 )
             else:
@@ -123,6 +152,7 @@ class ModelCore:
                 "batching": self.config.batching.model_dump(),
                 "label_max_pixels": self.config.label_max_pixels,
                 "load_s": round(self.load_s, 2),
+                "warmup": [{"pixels": s.pixels, "ms": round(s.ms, 1)} for s in self.warmup],
                 "stats": dict(self.stats),
                 # Process CPU seconds per second of running batches: about the
                 # threads the model really uses (above its cpu_threads: oversubscribed).

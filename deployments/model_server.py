@@ -15,6 +15,7 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.serve import metrics
 
 from deployments.adapters.base import adapter_class, plan_device
 from deployments.config import ModelConfig
@@ -43,12 +44,37 @@ class ModelServer:
             logger.warning("model %r: %s; running on CPU", config.name, device.fallback_reason)
         self.core = ModelCore(config, device)
         batching = config.batching
+        tags = {"model": config.name}
+        # Prometheus, through Ray's metrics agent (segserve_* on each node's metrics port).
+        self._ran = metrics.Counter(
+            "segserve_model_requests", "Requests a model replica ran.", tag_keys=("model",)
+        )
+        self._expired = metrics.Counter(
+            "segserve_model_expired",
+            "Requests dropped before running because their deadline had passed.",
+            tag_keys=("model",),
+        )
+        self._batch_ms = metrics.Histogram(
+            "segserve_model_batch_ms",
+            "Time of one batch in the model (ms).",
+            boundaries=[5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
+            tag_keys=("model",),
+        )
+        for metric in (self._ran, self._expired, self._batch_ms):
+            metric.set_default_tags(dict(tags))  # Ray adds its own tags to the dict given
 
         async def run_batch(
             items: list[tuple[PredictRequest, int]],
         ) -> list[Prediction | SegServeError]:
             requests = [request for request, _ in items]
-            return await asyncio.to_thread(self.core.run_batch, requests)
+            results = await asyncio.to_thread(self.core.run_batch, requests)
+            ran = [r for r in results if isinstance(r, Prediction)]
+            if ran:
+                self._ran.inc(len(ran))
+                self._batch_ms.observe(ran[0].inference_ms)
+            if len(ran) < len(results):
+                self._expired.inc(len(results) - len(ran))
+            return results
 
         # Decorated here, not on the class, so every setting comes from the config.
         self._batched = serve.batch(

@@ -27,7 +27,7 @@ def tiny_config() -> SegformerConfig:
     return SegformerConfig(**settings)
 
 
-def save_tiny_segformer(directory: Path, seed: int = 1234) -> Path:
+def save_tiny_segformer(directory: Path, seed: int = 1234, size: int = TINY_SIZE) -> Path:
     try:
         from transformers import SegformerImageProcessorPil as Processor
     except ImportError:  # older transformers
@@ -40,5 +40,5 @@ def save_tiny_segformer(directory: Path, seed: int = 1234) -> Path:
     with torch.no_grad():
         model.decode_head.classifier.weight.mul_(25.0)
     model.save_pretrained(directory)
-    Processor(size={"height": TINY_SIZE, "width": TINY_SIZE}).save_pretrained(directory)
+    Processor(size={"height": size, "width": size}).save_pretrained(directory)
     return directory

@@ -26,6 +26,8 @@ class SegmentOptions:
     budget_ms: float | None = None
     outputs: frozenset[str] = frozenset(OUTPUTS)
     mask_size: str = "original"
+    #: Reject at once (504) when no model is predicted to finish within the budget.
+    strict: bool = False
 
     def deadline(self, started: float) -> float | None:
         """Absolute ``time.time()`` by which the answer is due, if there is a budget."""
@@ -37,13 +39,30 @@ def parse_options(
     budget_ms: str | float | None = None,
     outputs: str | None = None,
     mask_size: str | None = None,
+    strict: str | bool | None = None,
 ) -> SegmentOptions:
     return SegmentOptions(
         model=_parse_model(model),
         budget_ms=_parse_budget(budget_ms),
         outputs=_parse_outputs(outputs),
         mask_size=_parse_mask_size(mask_size),
+        strict=_parse_strict(strict),
     )
+
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def _parse_strict(value: str | bool | None) -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    word = value.strip().lower()
+    if word == "" or word in _FALSE:
+        return False
+    if word in _TRUE:
+        return True
+    raise InvalidParameter(f"strict must be true or false, got {value!r}")
 
 
 def _parse_model(value: str | None) -> str:

@@ -9,8 +9,11 @@ core in-process in benchmarks) and encodes what the client asked for.
 from __future__ import annotations
 
 import asyncio
+import collections
+import io
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,8 +28,12 @@ from deployments.pipeline.imaging import (
     fit_within,
     resize_labels,
 )
+from deployments.pipeline.latency import LatencySample, LinearLatency, QueueState, queue_wait_ms
 from deployments.pipeline.options import AUTO_MODEL, SegmentOptions
 from deployments.pipeline.outputs import ClassShare, class_table, encode_label_png
+from deployments.pipeline.routing import Candidate, RouteChoice, choose, explicit
+
+logger = logging.getLogger("segserve.service")
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,13 @@ class ModelCard:
     labels: list[str]
     input_spec: InputSpec
     label_max_pixels: int
+    #: Accuracy used to rank models for ``model=auto`` (None: never chosen by budget).
+    quality: float | None = None
+    #: Batches timed at replica start: the latency model's seed.
+    warmup: tuple[LatencySample, ...] = ()
+    max_batch_size: int = 1
+    max_batch_pixels: int = 512 * 512
+    replicas: int = 1
 
 
 @dataclass
@@ -62,6 +76,9 @@ class Prediction:
     queue_ms: float
     inference_ms: float
     batch_size: int
+    #: Input pixels of the whole batch, and an id shared by its requests.
+    batch_pixels: int = 0
+    batch_id: str = ""
 
 
 class ModelEndpoint(Protocol):
@@ -83,6 +100,8 @@ class SegmentResult:
     mask_size: tuple[int, int]
     timings_ms: dict[str, float]
     batch_size: int
+    #: {budget_ms, predicted_ms, met, chosen_by}
+    budget: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The HTTP JSON body (the mask as base64 PNG)."""
@@ -108,11 +127,36 @@ class SegmentResult:
             }
         body["timings_ms"] = self.timings_ms
         body["batch_size"] = self.batch_size
+        body["budget"] = self.budget
         return body
 
 
+@dataclass(frozen=True)
+class RoutingSettings:
+    """How cautious the latency predictions are (``gateway.routing`` in the config)."""
+
+    #: Predictions add this many residual standard deviations to the fitted time.
+    margin_sigmas: float = 3.0
+    #: Half-life of the latency fits, in observed batches.
+    half_life: float = 50.0
+
+
+@dataclass
+class _ModelState:
+    """The gateway's running view of one model: latency fits and work in flight."""
+
+    service: LinearLatency  # batch time vs batch input pixels (replica-measured)
+    overhead: LinearLatency  # round trip minus inference minus the queue estimate
+    queue: QueueState = field(default_factory=QueueState)
+
+
+#: Decode + encode in the gateway vs original pixels, before anything is measured:
+#: about 20 ms plus 20 ms per megapixel on a laptop core (JPEG draft decoding).
+_GATEWAY_PRIOR = (LatencySample(0, 20.0), LatencySample(10e6, 220.0))
+
+
 class SegmentationService:
-    """Decode -> model -> encode, shared by every transport."""
+    """Decode -> model -> encode, shared by every transport; routes ``model=auto`` by budget."""
 
     def __init__(
         self,
@@ -120,6 +164,8 @@ class SegmentationService:
         default_model: str,
         limits: ImageLimits,
         png_compress_level: int = 1,
+        routing: RoutingSettings | None = None,
+        replicas: Callable[[str], int | None] | None = None,
     ) -> None:
         if default_model not in endpoints:
             raise ValueError(f"default model {default_model!r} is not among the endpoints")
@@ -127,6 +173,12 @@ class SegmentationService:
         self.default_model = default_model
         self.limits = limits
         self.png_compress_level = png_compress_level
+        self.routing = routing or RoutingSettings()
+        self._replicas = replicas
+        self._states: dict[str, _ModelState] = {}
+        self.gateway_cost = LinearLatency(self.routing.half_life, _GATEWAY_PRIOR, 2.0)
+        self._seen_batches: collections.deque[str] = collections.deque(maxlen=4096)
+        self._seen_set: set[str] = set()
 
     def resolve_model(self, requested: str) -> str:
         if requested == AUTO_MODEL:
@@ -138,25 +190,159 @@ class SegmentationService:
             )
         return requested
 
+    # ------------------------------------------------------------ latency model
+
+    def _state(self, card: ModelCard) -> _ModelState:
+        state = self._states.get(card.name)
+        if state is None:
+            half_life = self.routing.half_life
+            state = _ModelState(
+                service=LinearLatency(half_life, card.warmup),
+                overhead=LinearLatency(half_life),
+            )
+            self._states[card.name] = state
+        return state
+
+    def replicas(self, card: ModelCard) -> int:
+        running = self._replicas(card.name) if self._replicas else None
+        return max(1, running or card.replicas)
+
+    def predict_ms(self, card: ModelCard, image_size: tuple[int, int] | None) -> float:
+        """Predicted decode + queue + service + encode for an image of this size, now."""
+        state = self._state(card)
+        margin = self.routing.margin_sigmas
+        width, height = image_size or card.input_spec.target_size(512, 512)
+        in_w, in_h = card.input_spec.target_size(width, height)
+        queue = queue_wait_ms(
+            state.service,
+            state.queue,
+            self.replicas(card),
+            card.max_batch_size,
+            card.max_batch_pixels,
+        )
+        return (
+            self.gateway_cost.predict_ms(width * height, margin)
+            + state.overhead.predict_ms(0, margin)
+            + queue
+            + state.service.predict_ms(in_w * in_h, margin)
+        )
+
+    def _observe(
+        self,
+        card: ModelCard,
+        prediction: Prediction,
+        round_trip_ms: float,
+        queue_estimate_ms: float,
+        original_pixels: int,
+        gateway_ms: float,
+    ) -> None:
+        state = self._state(card)
+        batch = prediction.batch_id
+        if batch and batch not in self._seen_set:  # one sample per batch, not per request
+            if len(self._seen_batches) == self._seen_batches.maxlen:
+                self._seen_set.discard(self._seen_batches[0])
+            self._seen_batches.append(batch)
+            self._seen_set.add(batch)
+            state.service.observe(prediction.batch_pixels, prediction.inference_ms)
+        state.overhead.observe(
+            0, max(0.0, round_trip_ms - prediction.inference_ms - queue_estimate_ms)
+        )
+        self.gateway_cost.observe(original_pixels, gateway_ms)
+
+    async def _cards(self) -> dict[str, ModelCard]:
+        """Cards of the models that answer; a model that is down is not a candidate."""
+        names = list(self.endpoints)
+        cards = await asyncio.gather(
+            *(self.endpoints[n].card() for n in names), return_exceptions=True
+        )
+        usable = {n: c for n, c in zip(names, cards, strict=True) if isinstance(c, ModelCard)}
+        if self.default_model not in usable:
+            failure = cards[names.index(self.default_model)]
+            assert isinstance(failure, BaseException)
+            raise failure
+        return usable
+
+    def candidates(self, cards: Mapping[str, ModelCard]) -> list[str]:
+        """Models ``model=auto`` may pick: a quality figure and the default model's labels."""
+        default = cards[self.default_model]
+        return [
+            name
+            for name, card in cards.items()
+            if name == self.default_model
+            or (card.quality is not None and card.labels == default.labels)
+        ]
+
+    async def route(
+        self, options: SegmentOptions, image_size: tuple[int, int] | None, elapsed_ms: float
+    ) -> tuple[RouteChoice, ModelCard]:
+        budget = options.budget_ms
+        remaining = None if budget is None else budget - elapsed_ms
+        if options.model != AUTO_MODEL or budget is None:
+            name = self.resolve_model(options.model)
+            card = await self.endpoints[name].card()
+            predicted = self.predict_ms(card, image_size)
+            if options.model == AUTO_MODEL:
+                return RouteChoice(name, predicted, None, "default"), card
+            return explicit(name, predicted, remaining, options.strict), card
+        cards = await self._cards()
+        candidates = []
+        for candidate in self.candidates(cards):
+            quality = cards[candidate].quality
+            candidates.append(
+                Candidate(
+                    candidate,
+                    float("-inf") if quality is None else quality,
+                    self.predict_ms(cards[candidate], image_size),
+                )
+            )
+        choice = choose(candidates, remaining, self.default_model, options.strict)
+        return choice, cards[choice.name]
+
+    def routing_info(self, name: str) -> dict[str, Any]:
+        """The gateway's latency estimates for a model, for ``/v1/models``."""
+        state = self._states.get(name)
+        if state is None:
+            return {"samples": 0, "note": "no request routed to this model yet"}
+        return {
+            "service": state.service.to_dict(),
+            "overhead": state.overhead.to_dict(),
+            "in_flight": {"requests": state.queue.requests, "pixels": state.queue.pixels},
+            "margin_sigmas": self.routing.margin_sigmas,
+        }
+
+    # ------------------------------------------------------------ one request
+
     async def segment(self, data: bytes, options: SegmentOptions) -> SegmentResult:
         started = time.perf_counter()
         deadline = options.deadline(time.time())
-        name = self.resolve_model(options.model)
+        size = peek_size(data)
+        choice, card = await self.route(options, size, (time.perf_counter() - started) * 1000)
+        name = choice.name
         endpoint = self.endpoints[name]
-        card = await endpoint.card()
+        state = self._state(card)
 
         decoded: DecodedImage = await asyncio.to_thread(
             decode_image, data, card.input_spec, self.limits
         )
+        decoded_at = time.perf_counter()
         label_size = fit_within(decoded.width, decoded.height, card.label_max_pixels)
         if deadline is not None and time.time() >= deadline:
             raise DeadlineExceeded(
                 f"budget of {options.budget_ms:g} ms used up before the model could run"
             )
+        queue_estimate = queue_wait_ms(
+            state.service, state.queue, self.replicas(card), card.max_batch_size,
+            card.max_batch_pixels,
+        )  # fmt: skip
+        request = PredictRequest(image=decoded.pixels, label_size=label_size, deadline=deadline)
+        state.queue.requests += 1
+        state.queue.pixels += request.pixels
         sent = time.perf_counter()
-        prediction = await endpoint.predict(
-            PredictRequest(image=decoded.pixels, label_size=label_size, deadline=deadline)
-        )
+        try:
+            prediction = await endpoint.predict(request)
+        finally:
+            state.queue.requests -= 1
+            state.queue.pixels -= request.pixels
         returned = time.perf_counter()
 
         out_w, out_h = (
@@ -167,6 +353,12 @@ class SegmentationService:
         )
         finished = time.perf_counter()
         round_trip_ms = (returned - sent) * 1000
+        total_ms = (finished - started) * 1000
+        gateway_ms = (decoded_at - started) * 1000 + (finished - returned) * 1000
+        self._observe(
+            card, prediction, round_trip_ms, queue_estimate,
+            decoded.width * decoded.height, gateway_ms,
+        )  # fmt: skip
         return SegmentResult(
             model=name,
             weights=card.weights,
@@ -183,9 +375,15 @@ class SegmentationService:
                 "queue": round(max(0.0, round_trip_ms - prediction.inference_ms), 2),
                 "inference": round(prediction.inference_ms, 2),
                 "encode": round((finished - returned) * 1000, 2),
-                "total": round((finished - started) * 1000, 2),
+                "total": round(total_ms, 2),
             },
             batch_size=prediction.batch_size,
+            budget={
+                "budget_ms": options.budget_ms,
+                "predicted_ms": round(choice.predicted_ms, 1),
+                "met": None if options.budget_ms is None else total_ms <= options.budget_ms,
+                "chosen_by": choice.chosen_by,
+            },
         )
 
     def _encode(
@@ -201,3 +399,18 @@ class SegmentationService:
         if "mask" in outputs:
             png = encode_label_png(resize_labels(labels, width, height), self.png_compress_level)
         return classes, png
+
+
+def peek_size(data: bytes) -> tuple[int, int] | None:
+    """An image's stored (width, height) from its header, without decoding; None if unreadable.
+
+    Routing needs the size before choosing a model; decoding (and every error
+    about the bytes) happens afterwards, for the chosen model.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return int(image.width), int(image.height)
+    except Exception:
+        return None

@@ -33,6 +33,14 @@ def segment_response(result: SegmentResult) -> pb.SegmentResponse:
         ),
         batch_size=result.batch_size,
     )
+    budget = result.budget
+    if budget:
+        response.budget.predicted_ms = float(budget.get("predicted_ms") or 0.0)
+        response.budget.chosen_by = str(budget.get("chosen_by", ""))
+        if budget.get("budget_ms") is not None:
+            response.budget.budget_ms = float(budget["budget_ms"])
+        if budget.get("met") is not None:
+            response.budget.met = bool(budget["met"])
     if result.weights == "random":
         response.warning = f"model {result.model!r} runs on random weights: {result.weights_note}"
     if result.classes is not None:

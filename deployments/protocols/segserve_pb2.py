@@ -24,29 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$deployments/protocols/segserve.proto\x12\x0bsegserve.v1\"x\n\x0eSegmentRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\tbudget_ms\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07outputs\x18\x04 \x03(\t\x12\x11\n\tmask_size\x18\x05 \x01(\tB\x0c\n\n_budget_ms\"%\n\x04Size\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\"H\n\nClassShare\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06pixels\x18\x03 \x01(\x03\x12\x10\n\x08\x66raction\x18\x04 \x01(\x01\"i\n\x07Timings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x03 \x01(\x01\x12\x11\n\tencode_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"\xa6\x02\n\x0fSegmentResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07weights\x18\x02 \x01(\t\x12\x0f\n\x07warning\x18\x03 \x01(\t\x12\x1f\n\x04size\x18\x04 \x01(\x0b\x32\x11.segserve.v1.Size\x12$\n\tprocessed\x18\x05 \x01(\x0b\x32\x11.segserve.v1.Size\x12(\n\x07\x63lasses\x18\x06 \x03(\x0b\x32\x17.segserve.v1.ClassShare\x12\x10\n\x08mask_png\x18\x07 \x01(\x0c\x12$\n\tmask_size\x18\x08 \x01(\x0b\x32\x11.segserve.v1.Size\x12%\n\x07timings\x18\t \x01(\x0b\x32\x14.segserve.v1.Timings\x12\x12\n\nbatch_size\x18\n \x01(\x05\"\x13\n\x11ListModelsRequest\"\x82\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tframework\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0f\n\x07weights\x18\x04 \x01(\t\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x07 \x01(\t\"S\n\x12ListModelsResponse\x12\x15\n\rdefault_model\x18\x01 \x01(\t\x12&\n\x06models\x18\x02 \x03(\x0b\x32\x16.segserve.v1.ModelInfo2\xa3\x01\n\x0cSegmentation\x12\x44\n\x07Segment\x12\x1b.segserve.v1.SegmentRequest\x1a\x1c.segserve.v1.SegmentResponse\x12M\n\nListModels\x12\x1e.segserve.v1.ListModelsRequest\x1a\x1f.segserve.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$deployments/protocols/segserve.proto\x12\x0bsegserve.v1\"\x98\x01\n\x0eSegmentRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\tbudget_ms\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07outputs\x18\x04 \x03(\t\x12\x11\n\tmask_size\x18\x05 \x01(\t\x12\x13\n\x06strict\x18\x06 \x01(\x08H\x01\x88\x01\x01\x42\x0c\n\n_budget_msB\t\n\x07_strict\"%\n\x04Size\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\"H\n\nClassShare\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06pixels\x18\x03 \x01(\x03\x12\x10\n\x08\x66raction\x18\x04 \x01(\x01\"i\n\x07Timings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x03 \x01(\x01\x12\x11\n\tencode_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"q\n\x06\x42udget\x12\x16\n\tbudget_ms\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0cpredicted_ms\x18\x02 \x01(\x01\x12\x10\n\x03met\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12\x11\n\tchosen_by\x18\x04 \x01(\tB\x0c\n\n_budget_msB\x06\n\x04_met\"\xcb\x02\n\x0fSegmentResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07weights\x18\x02 \x01(\t\x12\x0f\n\x07warning\x18\x03 \x01(\t\x12\x1f\n\x04size\x18\x04 \x01(\x0b\x32\x11.segserve.v1.Size\x12$\n\tprocessed\x18\x05 \x01(\x0b\x32\x11.segserve.v1.Size\x12(\n\x07\x63lasses\x18\x06 \x03(\x0b\x32\x17.segserve.v1.ClassShare\x12\x10\n\x08mask_png\x18\x07 \x01(\x0c\x12$\n\tmask_size\x18\x08 \x01(\x0b\x32\x11.segserve.v1.Size\x12%\n\x07timings\x18\t \x01(\x0b\x32\x14.segserve.v1.Timings\x12\x12\n\nbatch_size\x18\n \x01(\x05\x12#\n\x06\x62udget\x18\x0b \x01(\x0b\x32\x13.segserve.v1.Budget\"\x13\n\x11ListModelsRequest\"\x82\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tframework\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0f\n\x07weights\x18\x04 \x01(\t\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x07 \x01(\t\"S\n\x12ListModelsResponse\x12\x15\n\rdefault_model\x18\x01 \x01(\t\x12&\n\x06models\x18\x02 \x03(\x0b\x32\x16.segserve.v1.ModelInfo2\xa3\x01\n\x0cSegmentation\x12\x44\n\x07Segment\x12\x1b.segserve.v1.SegmentRequest\x1a\x1c.segserve.v1.SegmentResponse\x12M\n\nListModels\x12\x1e.segserve.v1.ListModelsRequest\x1a\x1f.segserve.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'deployments.protocols.segserve_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEGMENTREQUEST']._serialized_start=53
-  _globals['_SEGMENTREQUEST']._serialized_end=173
-  _globals['_SIZE']._serialized_start=175
-  _globals['_SIZE']._serialized_end=212
-  _globals['_CLASSSHARE']._serialized_start=214
-  _globals['_CLASSSHARE']._serialized_end=286
-  _globals['_TIMINGS']._serialized_start=288
-  _globals['_TIMINGS']._serialized_end=393
-  _globals['_SEGMENTRESPONSE']._serialized_start=396
-  _globals['_SEGMENTRESPONSE']._serialized_end=690
-  _globals['_LISTMODELSREQUEST']._serialized_start=692
-  _globals['_LISTMODELSREQUEST']._serialized_end=711
-  _globals['_MODELINFO']._serialized_start=714
-  _globals['_MODELINFO']._serialized_end=844
-  _globals['_LISTMODELSRESPONSE']._serialized_start=846
-  _globals['_LISTMODELSRESPONSE']._serialized_end=929
-  _globals['_SEGMENTATION']._serialized_start=932
-  _globals['_SEGMENTATION']._serialized_end=1095
+  _globals['_SEGMENTREQUEST']._serialized_start=54
+  _globals['_SEGMENTREQUEST']._serialized_end=206
+  _globals['_SIZE']._serialized_start=208
+  _globals['_SIZE']._serialized_end=245
+  _globals['_CLASSSHARE']._serialized_start=247
+  _globals['_CLASSSHARE']._serialized_end=319
+  _globals['_TIMINGS']._serialized_start=321
+  _globals['_TIMINGS']._serialized_end=426
+  _globals['_BUDGET']._serialized_start=428
+  _globals['_BUDGET']._serialized_end=541
+  _globals['_SEGMENTRESPONSE']._serialized_start=544
+  _globals['_SEGMENTRESPONSE']._serialized_end=875
+  _globals['_LISTMODELSREQUEST']._serialized_start=877
+  _globals['_LISTMODELSREQUEST']._serialized_end=896
+  _globals['_MODELINFO']._serialized_start=899
+  _globals['_MODELINFO']._serialized_end=1029
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1031
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1114
+  _globals['_SEGMENTATION']._serialized_start=1117
+  _globals['_SEGMENTATION']._serialized_end=1280
 # @@protoc_insertion_point(module_scope)

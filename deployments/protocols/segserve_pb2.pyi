@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SegmentRequest(_message.Message):
-    __slots__ = ("image", "model", "budget_ms", "outputs", "mask_size")
+    __slots__ = ("image", "model", "budget_ms", "outputs", "mask_size", "strict")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     MASK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STRICT_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     model: str
     budget_ms: float
     outputs: _containers.RepeatedScalarFieldContainer[str]
     mask_size: str
-    def __init__(self, image: _Optional[bytes] = ..., model: _Optional[str] = ..., budget_ms: _Optional[float] = ..., outputs: _Optional[_Iterable[str]] = ..., mask_size: _Optional[str] = ...) -> None: ...
+    strict: bool
+    def __init__(self, image: _Optional[bytes] = ..., model: _Optional[str] = ..., budget_ms: _Optional[float] = ..., outputs: _Optional[_Iterable[str]] = ..., mask_size: _Optional[str] = ..., strict: _Optional[bool] = ...) -> None: ...
 
 class Size(_message.Message):
     __slots__ = ("width", "height")
@@ -54,8 +56,20 @@ class Timings(_message.Message):
     total_ms: float
     def __init__(self, decode_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., encode_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
+class Budget(_message.Message):
+    __slots__ = ("budget_ms", "predicted_ms", "met", "chosen_by")
+    BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_MS_FIELD_NUMBER: _ClassVar[int]
+    MET_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_BY_FIELD_NUMBER: _ClassVar[int]
+    budget_ms: float
+    predicted_ms: float
+    met: bool
+    chosen_by: str
+    def __init__(self, budget_ms: _Optional[float] = ..., predicted_ms: _Optional[float] = ..., met: _Optional[bool] = ..., chosen_by: _Optional[str] = ...) -> None: ...
+
 class SegmentResponse(_message.Message):
-    __slots__ = ("model", "weights", "warning", "size", "processed", "classes", "mask_png", "mask_size", "timings", "batch_size")
+    __slots__ = ("model", "weights", "warning", "size", "processed", "classes", "mask_png", "mask_size", "timings", "batch_size", "budget")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     WARNING_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +80,7 @@ class SegmentResponse(_message.Message):
     MASK_SIZE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
     model: str
     weights: str
     warning: str
@@ -76,7 +91,8 @@ class SegmentResponse(_message.Message):
     mask_size: Size
     timings: Timings
     batch_size: int
-    def __init__(self, model: _Optional[str] = ..., weights: _Optional[str] = ..., warning: _Optional[str] = ..., size: _Optional[_Union[Size, _Mapping]] = ..., processed: _Optional[_Union[Size, _Mapping]] = ..., classes: _Optional[_Iterable[_Union[ClassShare, _Mapping]]] = ..., mask_png: _Optional[bytes] = ..., mask_size: _Optional[_Union[Size, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    budget: Budget
+    def __init__(self, model: _Optional[str] = ..., weights: _Optional[str] = ..., warning: _Optional[str] = ..., size: _Optional[_Union[Size, _Mapping]] = ..., processed: _Optional[_Union[Size, _Mapping]] = ..., classes: _Optional[_Iterable[_Union[ClassShare, _Mapping]]] = ..., mask_png: _Optional[bytes] = ..., mask_size: _Optional[_Union[Size, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., batch_size: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

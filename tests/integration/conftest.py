@@ -103,6 +103,7 @@ def integration_args(
                     "framework": "hf_segformer",
                     "source": str(tiny_dir),
                     "weights": "pretrained",
+                    "quality": 10.0,  # fast and poor: what tight budgets get
                     "num_cpus": 1,
                     "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
                 },
@@ -129,6 +130,7 @@ def integration_args(
                     "framework": "hf_segformer",
                     "source": "nvidia/segformer-b0-finetuned-ade-512-512",
                     "weights": "auto",
+                    "quality": 37.4,  # slower, better: what loose budgets get
                     "num_cpus": 1,
                 },
             ],

@@ -67,8 +67,10 @@ GRPC_CODES = {
     415: grpc.StatusCode.INVALID_ARGUMENT,
     422: grpc.StatusCode.INVALID_ARGUMENT,
 }
-# gRPC has no content type or multipart: those HTTP-only cases do not apply.
-GRPC_CASES = [case for case in BAD_INPUTS if case[0] not in ("text", "multipart without image")]
+# gRPC has no content type or multipart, and its typed fields cannot hold "soon" or
+# "maybe": those HTTP-only cases do not apply (the budget metadata is tested below).
+HTTP_ONLY = ("text", "multipart without image", "non-numeric budget", "strict maybe")
+GRPC_CASES = [case for case in BAD_INPUTS if case[0] not in HTTP_ONLY]
 
 
 @pytest.mark.parametrize(
@@ -132,3 +134,24 @@ def test_list_models(stub: pb_grpc.SegmentationStub) -> None:
     assert set(models) >= {"tiny", "b0"}  # and mmseg-b0 with the mmseg extra
     assert models["b0"].weights == "random" and models["tiny"].weights == "pretrained"
     assert len(models["tiny"].labels) == 150 and models["tiny"].framework == "hf_segformer"
+
+
+def test_a_non_numeric_budget_in_metadata_is_invalid(stub: pb_grpc.SegmentationStub) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Segment(
+            pb.SegmentRequest(image=jpeg(64, 64)),
+            timeout=30,
+            metadata=[(BUDGET_METADATA_KEY, "soon")],
+        )
+    assert cast(Any, caught.value).code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "budget_ms must be a number" in cast(Any, caught.value).details()
+
+
+def test_budget_routing_over_grpc(stub: pb_grpc.SegmentationStub) -> None:
+    loose = stub.Segment(pb.SegmentRequest(image=jpeg(64, 64), budget_ms=120_000), timeout=120)
+    assert loose.model == "b0" and loose.budget.chosen_by == "budget"
+    assert loose.budget.met and loose.budget.budget_ms == 120_000
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Segment(pb.SegmentRequest(image=jpeg(64, 64), budget_ms=1, strict=True), timeout=30)
+    assert cast(Any, caught.value).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "strict=true" in cast(Any, caught.value).details()

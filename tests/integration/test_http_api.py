@@ -158,6 +158,10 @@ BAD_INPUTS = [
     ("over byte limit", b"\xff" * (MAX_REQUEST_BYTES + 1), JPEG, {}, 413, "payload_too_large"),
     ("unknown model", jpeg(64, 64), JPEG, {"model": "nope"}, 404, "unknown_model"),
     ("negative budget", jpeg(64, 64), JPEG, {"budget_ms": "-5"}, 422, "invalid_parameter"),
+    ("zero budget", jpeg(64, 64), JPEG, {"budget_ms": "0"}, 422, "invalid_parameter"),
+    ("absurd budget", jpeg(64, 64), JPEG, {"budget_ms": "1e12"}, 422, "invalid_parameter"),
+    ("non-numeric budget", jpeg(64, 64), JPEG, {"budget_ms": "soon"}, 422, "invalid_parameter"),
+    ("strict maybe", jpeg(64, 64), JPEG, {"strict": "maybe"}, 422, "invalid_parameter"),
     ("huge mask", jpeg(64, 64), JPEG, {"mask_size": "huge"}, 422, "invalid_parameter"),
     ("bad outputs", jpeg(64, 64), JPEG, {"outputs": "nope"}, 422, "invalid_parameter"),
     (

@@ -1,0 +1,104 @@
+"""Latency-budget routing with real replicas: tight budgets get the fast model, loose ones
+the accurate one, and requests whose time is up are dropped before they run."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from tests.images import jpeg
+from tests.integration.conftest import Served
+
+JPEG = {"Content-Type": "image/jpeg"}
+
+
+def stats(client: httpx.Client, model: str) -> dict[str, Any]:
+    info: dict[str, Any] = client.get(f"/v1/models/{model}").json()
+    return info
+
+
+def segment(client: httpx.Client, **params: Any) -> httpx.Response:
+    return client.post("/v1/segment", content=jpeg(64, 64, seed=3), headers=JPEG, params=params)
+
+
+def test_tight_budgets_get_the_fast_model_and_loose_ones_the_accurate_one(
+    client: httpx.Client,
+) -> None:
+    accurate = segment(client, model="b0").json()
+    assert accurate["budget"]["chosen_by"] == "explicit"
+    for _ in range(5):  # the gateway learns the tiny model's round trip
+        assert segment(client, model="tiny").json()["budget"]["chosen_by"] == "explicit"
+    # Under b0's bare inference time: b0 cannot fit, the tiny model easily does.
+    tight = accurate["timings_ms"]["inference"] * 0.75
+    for _ in range(3):
+        body = segment(client, model="auto", budget_ms=tight).json()
+        assert body["model"] == "tiny", body["budget"]
+        assert body["budget"]["chosen_by"] == "budget"
+        assert body["budget"]["predicted_ms"] <= tight
+    loose = segment(client, model="auto", budget_ms=120_000).json()
+    assert loose["model"] == "b0" and loose["budget"]["chosen_by"] == "budget"
+    assert loose["budget"]["met"] is True
+    plain = segment(client).json()  # no budget: the default model
+    assert plain["model"] == "tiny" and plain["budget"]["chosen_by"] == "default"
+
+    info = stats(client, "b0")
+    assert info["quality"] == 37.4
+    assert info["routing"]["service"]["samples"] >= 1
+    assert len(info["warmup"]) == 2
+
+
+def test_strict_budgets_that_cannot_be_met_are_rejected_without_queueing(
+    client: httpx.Client, served: Served
+) -> None:
+    names = [m.name for m in served.args.models]
+    before = {n: stats(client, n)["stats"] for n in names}
+    response = segment(client, model="auto", budget_ms=1, strict="true")
+    assert response.status_code == 504
+    error = response.json()["error"]
+    assert error["code"] == "budget_unreachable" and "strict=true" in error["message"]
+    after = {n: stats(client, n)["stats"] for n in names}
+    for name in names:
+        assert after[name]["requests"] == before[name]["requests"]
+        assert after[name]["expired"] == before[name]["expired"]
+
+
+def test_under_load_expired_requests_are_dropped_before_running(
+    client: httpx.Client, served: Served
+) -> None:
+    single = segment(client, model="b0").json()["timings_ms"]["inference"]
+    before = stats(client, "b0")["stats"]
+    count = 12
+    budget = 1.5 * single  # one batch fits; the ones queued behind it cannot
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=served.url, timeout=300) as http:
+            return await asyncio.gather(
+                *(
+                    http.post(
+                        "/v1/segment",
+                        content=jpeg(64, 64, seed=i),
+                        headers=JPEG,
+                        params={"model": "b0", "budget_ms": budget},
+                    )
+                    for i in range(count)
+                )
+            )
+
+    responses = asyncio.run(burst())
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 504}, codes
+    timed_out = [r.json()["error"] for r in responses if r.status_code == 504]
+    assert timed_out, codes
+    assert all(e["code"] == "deadline_exceeded" for e in timed_out)
+    after = stats(client, "b0")["stats"]
+    dropped = after["expired"] - before["expired"]
+    ran = after["requests"] - before["requests"]
+    assert dropped >= 1
+    assert ran + dropped <= count  # dropped requests were never run
+    assert ran == codes.count(200) + sum(  # every run request answered, late or not
+        1
+        for e in timed_out
+        if "not run" not in e["message"] and "before the model" not in e["message"]
+    )
