@@ -118,3 +118,25 @@ def test_the_shipped_paddleseg_model_answers(serve_run: str) -> None:
     body = response.json()
     assert body["processed"] == {"width": 1024, "height": 512}  # Resize to 1024x512
     assert body["classes"] and "random weights" in body["warning"]
+
+
+def test_a_budget_visibly_switches_models(serve_run: str) -> None:
+    def segment(**params: object) -> dict:
+        response = httpx.post(
+            f"{serve_run}/v1/segment",
+            content=jpeg(320, 240),
+            params={"outputs": "classes", **params},
+            timeout=300,
+        )
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    b2 = segment(model="segformer-b2-ade")  # the accurate model, timed once
+    assert b2["budget"]["chosen_by"] == "explicit"
+    loose = segment(model="auto", budget_ms=120_000)
+    assert loose["model"] == "segformer-b2-ade" and loose["budget"]["chosen_by"] == "budget"
+    # Less than b2's bare inference: only the b0 models (ADE20K, quality 37.4) can fit.
+    tight = segment(model="auto", budget_ms=b2["timings_ms"]["inference"] * 0.8)
+    assert tight["model"] in ("segformer-b0-ade", "mmseg-segformer-b0-ade"), tight["budget"]
+    models = httpx.get(f"{serve_run}/v1/models", timeout=30).json()["models"]
+    assert {m["name"]: m["quality"] for m in models}["segformer-b2-ade"] == 46.5

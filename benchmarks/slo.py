@@ -1,0 +1,203 @@
+"""SLO attainment under open-loop load: budget routing beside static routing, in one run.
+
+Serves the shipped config's default model and its most accurate same-label model
+(SegFormer b0 and b2), measures capacity (requests/s through the fast model with
+enough concurrency to batch), then offers Poisson arrivals at 50 %, 80 % and 120 %
+of it with a mix of budgets, under three policies:
+
+- ``auto``: ``model=auto&budget_ms=...`` (the latency-budget router);
+- ``always_accurate``: the accurate model named, same budgets;
+- ``always_fastest``: the fast model named, same budgets.
+
+Reports per run: SLO attainment (answered 200 within the budget, measured at the
+client), goodput (such answers per second), each model's share, and mean quality
+of the answers. Prints JSON.
+
+    python -m benchmarks.slo [--duration 45] [--loads 0.5,0.8,1.2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from typing import Any
+
+import httpx
+
+from benchmarks.common import default_model, json_stdout, local_serve, shipped_args
+from deployments.config import AppArgs, parse_args
+from tests.images import encode, scene
+
+POLICIES = ("auto", "always_accurate", "always_fastest")
+
+
+def slo_args(args: AppArgs) -> tuple[AppArgs, str, str, dict[str, float]]:
+    """The default model and the most accurate model with its labels, alone on the machine."""
+    fast = default_model(args)
+    same_task = [m for m in args.models if m.framework == fast.framework and m.quality]
+    accurate = max(same_task, key=lambda m: m.quality or 0.0)
+    if accurate.name == fast.name:
+        raise SystemExit("serve_config.yaml has no more accurate model beside the default")
+    document = args.model_dump()
+    document["models"] = [m.model_dump() for m in (fast, accurate)]
+    document["gateway"]["default_model"] = fast.name
+    quality = {fast.name: fast.quality or 0.0, accurate.name: accurate.quality or 0.0}
+    return parse_args(document), fast.name, accurate.name, quality
+
+
+async def one(
+    http: httpx.AsyncClient, image: bytes, params: dict[str, Any], budget: float
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        response = await http.post("/v1/segment", content=image, params=params)
+        elapsed = (time.perf_counter() - started) * 1000
+        body = response.json()
+        ok = response.status_code == 200
+        return {
+            "ok": ok,
+            "ms": elapsed,
+            "within": ok and elapsed <= budget,
+            "model": body.get("model") if ok else None,
+            "status": response.status_code,
+        }
+    except httpx.HTTPError as e:
+        return {"ok": False, "ms": float("nan"), "within": False, "model": None, "status": str(e)}
+
+
+async def closed_loop_rps(
+    url: str, image: bytes, model: str, total: int, concurrency: int
+) -> float:
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        queue = list(range(total))
+        started = time.perf_counter()
+
+        async def worker() -> None:
+            while queue:
+                queue.pop()
+                await http.post("/v1/segment", content=image, params={"model": model})
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return total / (time.perf_counter() - started)
+
+
+async def open_loop(
+    url: str,
+    image: bytes,
+    rate: float,
+    duration: float,
+    budgets: list[float],
+    policy: str,
+    names: tuple[str, str],
+    seed: int,
+) -> list[dict[str, Any]]:
+    fast, accurate = names
+    rng = random.Random(seed)
+    tasks = []
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        start = time.perf_counter()
+        next_at = 0.0
+        while next_at < duration:
+            delay = start + next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            budget = rng.choice(budgets)
+            model = {"auto": "auto", "always_accurate": accurate, "always_fastest": fast}[policy]
+            params = {"model": model, "budget_ms": f"{budget:.0f}", "outputs": "classes"}
+            tasks.append(asyncio.create_task(one(http, image, params, budget)))
+            next_at += rng.expovariate(rate)
+        return list(await asyncio.gather(*tasks))
+
+
+def summarize(
+    rows: list[dict[str, Any]], duration: float, quality: dict[str, float]
+) -> dict[str, Any]:
+    answered = [r for r in rows if r["ok"]]
+    within = [r for r in rows if r["within"]]
+    shares = {
+        name: round(sum(1 for r in answered if r["model"] == name) / max(1, len(answered)), 3)
+        for name in quality
+    }
+    mean_quality = (
+        sum(quality[r["model"]] for r in answered) / len(answered) if answered else float("nan")
+    )
+    return {
+        "requests": len(rows),
+        "slo_attainment": round(len(within) / max(1, len(rows)), 4),
+        "goodput_rps": round(len(within) / duration, 3),
+        "answered": len(answered),
+        "model_share": shares,
+        "mean_quality": round(mean_quality, 2),
+        "statuses": sorted({str(r["status"]) for r in rows}),
+    }
+
+
+def main() -> None:
+    with json_stdout() as emit:
+        emit(run())
+
+
+def run() -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=45.0, help="seconds per run")
+    parser.add_argument("--loads", default="0.5,0.8,1.2", help="fractions of capacity")
+    parser.add_argument("--seed", type=int, default=0)
+    options = parser.parse_args()
+    loads = [float(x) for x in options.loads.split(",")]
+
+    args, fast, accurate, quality = slo_args(shipped_args())
+    image = encode(scene(640, 480, seed=1), "JPEG", quality=90)
+    results: dict[str, Any] = {"benchmark": "slo", "models": quality, "runs": []}
+    with local_serve(args) as url:
+        with httpx.Client(base_url=url, timeout=600) as client:
+            single = {}
+            for name in (fast, accurate):
+                times = []
+                for _ in range(4):
+                    began = time.perf_counter()
+                    client.post(
+                        "/v1/segment", content=image, params={"model": name}
+                    ).raise_for_status()
+                    times.append((time.perf_counter() - began) * 1000)
+                single[name] = sorted(times[1:])[1]  # median of the warm ones
+        capacity = asyncio.run(closed_loop_rps(url, image, fast, 16, 8))
+        # Budgets: tight (only the fast model fits), medium, and loose (the accurate one fits).
+        budgets = [1.5 * single[fast], 3.0 * single[fast], 2.0 * single[accurate]]
+        results.update(
+            {
+                "single_request_ms": {k: round(v, 1) for k, v in single.items()},
+                "capacity_rps": round(capacity, 3),
+                "budgets_ms": [round(b, 1) for b in budgets],
+                "duration_s": options.duration,
+            }
+        )
+        for load in loads:
+            for policy in POLICIES:
+                rows = asyncio.run(
+                    open_loop(
+                        url, image, load * capacity, options.duration, budgets, policy,
+                        (fast, accurate), options.seed,
+                    )
+                )  # fmt: skip
+                summary = summarize(rows, options.duration, quality)
+                results["runs"].append({"load": load, "policy": policy, **summary})
+                time.sleep(2)  # let queues drain between runs
+    by_run = {(r["load"], r["policy"]): r for r in results["runs"]}
+    results["goal"] = {
+        f"load_{load}": {
+            "auto_attainment": by_run[(load, "auto")]["slo_attainment"],
+            "auto_quality_over_fastest": round(
+                by_run[(load, "auto")]["mean_quality"]
+                - by_run[(load, "always_fastest")]["mean_quality"],
+                2,
+            ),
+        }
+        for load in loads
+    }
+    return results
+
+
+if __name__ == "__main__":
+    main()
