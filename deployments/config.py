@@ -147,6 +147,11 @@ class RoutingConfig(StrictModel):
     half_life: float = Field(default=50.0, gt=0, le=100_000)
     """Half-life of the online latency fits, in observed batches."""
 
+    shared_compute: bool = False
+    """The models share their compute (all replicas on one machine's CPU, or one GPU):
+    work in flight to any model delays every model. False when each model has its own
+    GPUs or nodes."""
+
 
 class GatewayConfig(StrictModel):
     default_model: str | None = None

@@ -207,7 +207,9 @@ class Gateway:
             limits=config.limits.image_limits(),
             png_compress_level=config.png_compress_level,
             routing=RoutingSettings(
-                margin_sigmas=config.routing.margin_sigmas, half_life=config.routing.half_life
+                margin_sigmas=config.routing.margin_sigmas,
+                half_life=config.routing.half_life,
+                shared_compute=config.routing.shared_compute,
             ),
         )
 

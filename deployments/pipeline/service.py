@@ -139,15 +139,26 @@ class RoutingSettings:
     margin_sigmas: float = 3.0
     #: Half-life of the latency fits, in observed batches.
     half_life: float = 50.0
+    #: The models share their compute (one machine's CPU cores, one GPU): work in
+    #: flight to any model delays every model, not only its own queue.
+    shared_compute: bool = False
 
 
 @dataclass
 class _ModelState:
     """The gateway's running view of one model: latency fits and work in flight."""
 
+    card: ModelCard
     service: LinearLatency  # batch time vs batch input pixels (replica-measured)
     overhead: LinearLatency  # round trip minus inference minus the queue estimate
     queue: QueueState = field(default_factory=QueueState)
+
+    def wait_ms(self, replicas: int) -> float:
+        """Time for the work in flight to this model to drain."""
+        return queue_wait_ms(
+            self.service, self.queue, replicas, self.card.max_batch_size,
+            self.card.max_batch_pixels,
+        )  # fmt: skip
 
 
 #: Decode + encode in the gateway vs original pixels, before anything is measured:
@@ -197,6 +208,7 @@ class SegmentationService:
         if state is None:
             half_life = self.routing.half_life
             state = _ModelState(
+                card=card,
                 service=LinearLatency(half_life, card.warmup),
                 overhead=LinearLatency(half_life),
             )
@@ -207,19 +219,24 @@ class SegmentationService:
         running = self._replicas(card.name) if self._replicas else None
         return max(1, running or card.replicas)
 
+    def queue_ms(self, card: ModelCard) -> float:
+        """Expected wait before a new request's batch starts on this model."""
+        wait = self._state(card).wait_ms(self.replicas(card))
+        if self.routing.shared_compute:
+            wait += sum(
+                other.wait_ms(self.replicas(other.card))
+                for name, other in self._states.items()
+                if name != card.name
+            )
+        return wait
+
     def predict_ms(self, card: ModelCard, image_size: tuple[int, int] | None) -> float:
         """Predicted decode + queue + service + encode for an image of this size, now."""
         state = self._state(card)
         margin = self.routing.margin_sigmas
         width, height = image_size or card.input_spec.target_size(512, 512)
         in_w, in_h = card.input_spec.target_size(width, height)
-        queue = queue_wait_ms(
-            state.service,
-            state.queue,
-            self.replicas(card),
-            card.max_batch_size,
-            card.max_batch_pixels,
-        )
+        queue = self.queue_ms(card)
         return (
             self.gateway_cost.predict_ms(width * height, margin)
             + state.overhead.predict_ms(0, margin)
@@ -307,7 +324,10 @@ class SegmentationService:
             "service": state.service.to_dict(),
             "overhead": state.overhead.to_dict(),
             "in_flight": {"requests": state.queue.requests, "pixels": state.queue.pixels},
+            "queue_ms": round(self.queue_ms(state.card), 1),
+            "predicted_ms_512x512": round(self.predict_ms(state.card, (512, 512)), 1),
             "margin_sigmas": self.routing.margin_sigmas,
+            "shared_compute": self.routing.shared_compute,
         }
 
     # ------------------------------------------------------------ one request
@@ -330,10 +350,7 @@ class SegmentationService:
             raise DeadlineExceeded(
                 f"budget of {options.budget_ms:g} ms used up before the model could run"
             )
-        queue_estimate = queue_wait_ms(
-            state.service, state.queue, self.replicas(card), card.max_batch_size,
-            card.max_batch_pixels,
-        )  # fmt: skip
+        queue_estimate = self.queue_ms(card)
         request = PredictRequest(image=decoded.pixels, label_size=label_size, deadline=deadline)
         state.queue.requests += 1
         state.queue.pixels += request.pixels
