@@ -22,6 +22,7 @@ from deployments.pipeline.service import SegmentationService, peek_size
 from tests.images import jpeg
 from tests.tiny_models import save_tiny_segformer
 
+
 times = st.floats(min_value=0.1, max_value=60_000, allow_nan=False)
 qualities = st.floats(min_value=0, max_value=100, allow_nan=False)
 candidate_lists = st.lists(st.tuples(qualities, times), min_size=1, max_size=6).map(
@@ -29,6 +30,7 @@ candidate_lists = st.lists(st.tuples(qualities, times), min_size=1, max_size=6).
 )
 
 
+@settings(deadline=None)
 @given(candidate_lists, times, times)
 def test_quality_is_monotone_in_budget(candidates: list[Candidate], a: float, b: float) -> None:
     low, high = sorted((a, b))
@@ -38,6 +40,7 @@ def test_quality_is_monotone_in_budget(candidates: list[Candidate], a: float, b:
     assert quality[chosen_high.name] >= quality[chosen_low.name]
 
 
+@settings(deadline=None)
 @given(candidate_lists, times)
 def test_never_picks_a_predicted_miss_when_something_fits(
     candidates: list[Candidate], budget: float
@@ -56,6 +59,7 @@ def test_never_picks_a_predicted_miss_when_something_fits(
         assert choice.predicted_ms == min(c.predicted_ms for c in candidates)
 
 
+@settings(deadline=None)
 @given(candidate_lists, times)
 def test_strict_rejects_when_nothing_fits_and_only_then(
     candidates: list[Candidate], budget: float
@@ -69,6 +73,7 @@ def test_strict_rejects_when_nothing_fits_and_only_then(
         assert choose(candidates, budget, "m0", strict=True) == choose(candidates, budget, "m0")
 
 
+@settings(deadline=None)
 @given(candidate_lists)
 def test_without_a_budget_the_default_model_answers(candidates: list[Candidate]) -> None:
     default = candidates[-1].name
@@ -104,6 +109,7 @@ def test_the_latency_fit_recovers_an_affine_batch_time(
     assert model.samples == len(pixels)
 
 
+@settings(deadline=None)
 @given(
     st.lists(st.tuples(st.integers(0, 4_000_000), st.floats(0, 10_000)), min_size=1, max_size=30),
     st.integers(0, 8_000_000),
@@ -122,6 +128,7 @@ def test_predictions_grow_with_pixels_and_margin(
     assert all(math.isfinite(v) and v >= 0 for v in model.coefficients())
 
 
+@settings(deadline=None)
 @given(st.integers(0, 64), st.integers(1, 8), st.integers(1, 8))
 def test_queue_wait_grows_with_work_ahead_and_shrinks_with_replicas(
     requests: int, replicas: int, batch: int
