@@ -4,9 +4,12 @@ the accurate one, and requests whose time is up are dropped before they run."""
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from typing import Any
 
 import httpx
+import ray
 
 from tests.images import jpeg
 from tests.integration.conftest import Served
@@ -21,6 +24,17 @@ def stats(client: httpx.Client, model: str) -> dict[str, Any]:
 
 def segment(client: httpx.Client, **params: Any) -> httpx.Response:
     return client.post("/v1/segment", content=jpeg(64, 64, seed=3), headers=JPEG, params=params)
+
+
+def prometheus_value(name: str, model: str) -> float:
+    """A segserve metric from Ray's Prometheus endpoint on this node (0 when absent)."""
+    port = ray.nodes()[0]["MetricsExportPort"]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and re.search(rf'model="{re.escape(model)}"', line):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def test_tight_budgets_get_the_fast_model_and_loose_ones_the_accurate_one(
@@ -97,6 +111,11 @@ def test_under_load_expired_requests_are_dropped_before_running(
     ran = after["requests"] - before["requests"]
     assert dropped >= 1
     assert ran + dropped <= count  # dropped requests were never run
+    # The same count in Prometheus (Ray's metrics agent reports every few seconds).
+    deadline = time.time() + 60
+    while prometheus_value("ray_segserve_model_expired_total", "b0") < after["expired"]:
+        assert time.time() < deadline, "segserve_model_expired never reached Prometheus"
+        time.sleep(1)
     assert ran == codes.count(200) + sum(  # every run request answered, late or not
         1
         for e in timed_out

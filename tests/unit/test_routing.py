@@ -22,7 +22,6 @@ from deployments.pipeline.service import SegmentationService, peek_size
 from tests.images import jpeg
 from tests.tiny_models import save_tiny_segformer
 
-
 times = st.floats(min_value=0.1, max_value=60_000, allow_nan=False)
 qualities = st.floats(min_value=0, max_value=100, allow_nan=False)
 candidate_lists = st.lists(st.tuples(qualities, times), min_size=1, max_size=6).map(
