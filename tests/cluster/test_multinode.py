@@ -87,7 +87,9 @@ def cluster_args(tiny_dir: Path) -> AppArgs:
                     "framework": "hf_segformer",
                     "source": str(tiny_dir),
                     "weights": "pretrained",
-                    "num_cpus": 0.5,
+                    # Like the gateway, more CPU than a GPU node has: on a GPU node it
+                    # would take the CPU that the tiny model's second replica needs.
+                    "num_cpus": 1.5,
                     "cpu_threads": 1,
                     "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.5},
                     "max_ongoing_requests": 1,
@@ -119,9 +121,11 @@ def served_cluster(tiny_segformer_dir: Path) -> Iterator[ServedCluster]:
     environment.setenv("RAY_TMPDIR", tmp)
     cluster = Cluster(
         initialize_head=True,
+        # Logical CPUs: the gateway's 1.5 and the narrow model's 1.5 (one core would do).
         head_node_args={"num_cpus": 3, "num_gpus": 0, "include_dashboard": False},
     )
     try:
+        # GPU nodes: 1 CPU + 1 GPU each, room for two tiny replicas (0.5 CPU + 0.5 GPU).
         workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
         ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes()
