@@ -128,3 +128,14 @@ def test_the_rayservice_embeds_the_gpu_serve_config() -> None:
     assert {8000, 9000} <= head_ports
     assert embedded["http_options"]["port"] == 8000
     assert embedded["grpc_options"]["port"] == 9000
+
+
+def test_ray_accepts_the_gpu_serve_config_and_the_deployment_options() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    from deployments.app import build_app
+
+    document = yaml.safe_load((REPO / "deploy" / "serve_config.gpu.yaml").read_text())
+    ServeDeploySchema.model_validate(document)  # what `serve deploy` checks first
+    # Ray checks each deployment's options (autoscaling with no num_replicas) at bind.
+    build_app(parse_args(document["applications"][0]["args"]))
