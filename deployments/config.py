@@ -36,6 +36,76 @@ class BatchingConfig(StrictModel):
     """Batches one replica runs at once (more than 1 only helps on a GPU)."""
 
 
+class AutoscalingConfig(StrictModel):
+    """Ray Serve autoscaling for one deployment (the fields of Ray Serve's
+    ``AutoscalingConfig`` that segserve exposes). Replaces ``num_replicas``: Serve keeps the
+    replica count between ``min_replicas`` and ``max_replicas`` so each replica has about
+    ``target_ongoing_requests``.
+    Replicas that do not fit on the cluster's nodes stay pending until a node with room joins
+    (with the Ray autoscaler or KubeRay, such a node is started for them)."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    """Fewest replicas, kept even without traffic (0 scales to zero: the next request waits
+    for a replica to load)."""
+
+    max_replicas: int = Field(default=1, ge=1)
+    """Most replicas."""
+
+    initial_replicas: int | None = Field(default=None, ge=0)
+    """Replicas started at deploy time; by default ``min_replicas``."""
+
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    """Requests (running + queued in the replica) each replica should have on average. For a
+    batching model, about its batch size: lower scales out sooner, higher packs batches fuller."""
+
+    upscale_delay_s: float = Field(default=30.0, ge=0)
+    """How long the load must call for more replicas before they are added."""
+
+    downscale_delay_s: float = Field(default=600.0, ge=0)
+    """How long the load must call for fewer replicas before some are removed."""
+
+    look_back_period_s: float = Field(default=30.0, gt=0)
+    """Window over which request counts are averaged."""
+
+    metrics_interval_s: float = Field(default=10.0, gt=0)
+    """How often replicas and handles report request counts to the controller. Ray 2.60 marks
+    it deprecated (in favour of ``RAY_SERVE_*_AUTOSCALING_METRIC_PUSH_INTERVAL_S``) but still
+    honours it; a scaling decision cannot come faster than this."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})"
+            )
+        initial = self.initial_replicas
+        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError(
+                f"initial_replicas ({initial}) is outside [min_replicas, max_replicas] "
+                f"= [{self.min_replicas}, {self.max_replicas}]"
+            )
+        return self
+
+    def ray_options(self) -> dict[str, Any]:
+        """The ``autoscaling_config`` dict for ``Deployment.options``."""
+        return self.model_dump(exclude_none=True)
+
+
+def _replicas_or_autoscaling(num_replicas: int, autoscaling: AutoscalingConfig | None) -> None:
+    if autoscaling is not None and num_replicas > 1:
+        raise ValueError(
+            f"autoscaling_config: cannot be combined with num_replicas: {num_replicas}; "
+            "set min_replicas/max_replicas in autoscaling_config and drop num_replicas"
+        )
+
+
+def replica_options(num_replicas: int, autoscaling: AutoscalingConfig | None) -> dict[str, Any]:
+    """``num_replicas`` or ``autoscaling_config`` for ``Deployment.options`` (never both)."""
+    if autoscaling is None:
+        return {"num_replicas": num_replicas}
+    return {"autoscaling_config": autoscaling.ray_options()}
+
+
 class ModelConfig(StrictModel):
     name: str
     """The model's name in the API (``model=<name>``): letters, digits, ``.``, ``_``, ``-``."""
@@ -110,6 +180,15 @@ class ModelConfig(StrictModel):
     max_queued_requests: int = Field(default=256, ge=-1)
     """Requests waiting for a replica before new ones get 503; -1 is unbounded."""
 
+    autoscaling_config: AutoscalingConfig | None = None
+    """Scale replicas with load between min_replicas and max_replicas (instead of
+    ``num_replicas``)."""
+
+    @model_validator(mode="after")
+    def _scaling(self) -> ModelConfig:
+        _replicas_or_autoscaling(self.num_replicas, self.autoscaling_config)
+        return self
+
     @field_validator("name")
     @classmethod
     def _valid_name(cls, value: str) -> str:
@@ -171,6 +250,19 @@ class GatewayConfig(StrictModel):
     """CPUs reserved per gateway replica (decode, resize and encode run here)."""
 
     max_ongoing_requests: int = Field(default=64, ge=1)
+
+    max_queued_requests: int = Field(default=-1, ge=-1)
+    """Requests waiting for a gateway replica before Ray's proxy answers 503 (gRPC
+    RESOURCE_EXHAUSTED) itself; -1 is unbounded (each model's own queue bound still holds)."""
+
+    autoscaling_config: AutoscalingConfig | None = None
+    """Scale gateway replicas (CPU: decode, resize, encode) with load, on their own
+    settings, instead of ``num_replicas``."""
+
+    @model_validator(mode="after")
+    def _scaling(self) -> GatewayConfig:
+        _replicas_or_autoscaling(self.num_replicas, self.autoscaling_config)
+        return self
 
 
 class AppArgs(StrictModel):

@@ -17,9 +17,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, RayTaskError
 from ray.serve import metrics
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -72,8 +76,10 @@ def as_client_error(error: BaseException) -> SegServeError:
             return as_client_error(cause)
     if isinstance(error, BackPressureError):
         return Overloaded("the model's queue is full; retry later")
-    if isinstance(error, RayActorError):
+    if isinstance(error, RayActorError | NodeDiedError | ObjectLostError):
         return NotReady("a model replica died while serving the request; retry")
+    if isinstance(error, DeploymentUnavailableError | ReplicaUnavailableError):
+        return NotReady("no model replica is available right now; retry")
     return InternalError(f"internal error (reference {uuid.uuid4().hex[:12]})")
 
 
@@ -361,6 +367,8 @@ class Gateway:
         info["replicas"] = await asyncio.to_thread(_replica_counts, deployment_name(name))
         info["num_replicas"] = config.num_replicas
         info["routing"] = self.service.routing_info(name)
+        if config.autoscaling_config is not None:
+            info["autoscaling"] = config.autoscaling_config.ray_options()
         return info
 
     @app.get("/healthz")

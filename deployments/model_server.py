@@ -101,4 +101,5 @@ class ModelServer:
     async def describe(self) -> dict[str, Any]:
         info = self.core.describe()
         info["replica"] = serve.get_replica_context().replica_id.unique_id
+        info["node_id"] = ray.get_runtime_context().get_node_id()
         return info

@@ -121,7 +121,7 @@ def test_the_shipped_paddleseg_model_answers(serve_run: str) -> None:
 
 
 def test_a_budget_visibly_switches_models(serve_run: str) -> None:
-    def segment(**params: object) -> dict:
+    def segment(**params: Any) -> dict:
         response = httpx.post(
             f"{serve_run}/v1/segment",
             content=jpeg(320, 240),
