@@ -190,6 +190,9 @@ def run() -> dict[str, Any]:
                 summary = summarize(rows, options.duration, quality)
                 results["runs"].append({"load": load, "policy": policy, **summary})
                 time.sleep(2)  # let queues drain between runs
+        with httpx.Client(base_url=url, timeout=60) as client:
+            described = client.get("/v1/models").json()["models"]
+        results["routing_estimates"] = {m["name"]: m.get("routing") for m in described}
     by_run = {(r["load"], r["policy"]): r for r in results["runs"]}
     results["goal"] = {
         f"load_{load}": {

@@ -231,6 +231,11 @@ class RoutingConfig(StrictModel):
     work in flight to any model delays every model. False when each model has its own
     GPUs or nodes."""
 
+    max_upgrade_utilization: float = Field(default=0.5, ge=0, le=100)
+    """With shared_compute: when the models were busy more than this fraction of the last
+    10 s, a budget gets the fastest model that fits instead of the best (a slow model
+    would make the requests behind it miss theirs)."""
+
 
 class GatewayConfig(StrictModel):
     default_model: str | None = None

@@ -8,6 +8,7 @@ and mapping errors (ours and Ray's) to status codes. Everything else is
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
@@ -63,6 +64,7 @@ app = FastAPI(
 )
 
 _READY_TIMEOUT_S = 5.0
+_REPLICAS_REFRESH_S = 5.0
 _RAW_TYPES = ("image/", "application/octet-stream")
 
 
@@ -216,8 +218,33 @@ class Gateway:
                 margin_sigmas=config.routing.margin_sigmas,
                 half_life=config.routing.half_life,
                 shared_compute=config.routing.shared_compute,
+                max_upgrade_utilization=config.routing.max_upgrade_utilization,
             ),
+            replicas=self._running_replicas,
         )
+        # RUNNING replicas per model (autoscaling changes them), refreshed in the background.
+        self._replica_cache: dict[str, int] = {}
+        self._replicas_at = 0.0
+        self._refreshing = False
+
+    def _running_replicas(self, name: str) -> int | None:
+        """Running replicas of a model as last seen (None until known); never blocks."""
+        if not self._refreshing and time.monotonic() - self._replicas_at > _REPLICAS_REFRESH_S:
+            self._refreshing = True
+            asyncio.get_running_loop().create_task(self._refresh_replicas())
+        return self._replica_cache.get(name)
+
+    async def _refresh_replicas(self) -> None:
+        try:
+            counts = await asyncio.to_thread(
+                lambda: {n: _replica_counts(deployment_name(n)) for n in self.handles}
+            )
+            self._replica_cache = {
+                name: states.get("RUNNING", 0) for name, states in counts.items() if states
+            }
+        finally:
+            self._replicas_at = time.monotonic()
+            self._refreshing = False
 
     # ------------------------------------------------------------ segmentation
 

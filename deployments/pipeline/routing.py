@@ -43,8 +43,13 @@ def choose(
     budget_ms: float | None,
     default: str,
     strict: bool = False,
+    upgrade: bool = True,
 ) -> RouteChoice:
-    """Pick among ``candidates`` (the models ``model=auto`` may use, default included)."""
+    """Pick among ``candidates`` (the models ``model=auto`` may use, default included).
+
+    ``upgrade=False`` (shared compute that is already busy) takes the fastest model
+    that fits rather than the best: a slow model would delay the requests behind it.
+    """
     by_name = {c.name: c for c in candidates}
     if default not in by_name:
         raise ValueError(f"default model {default!r} is not a candidate")
@@ -53,7 +58,10 @@ def choose(
         return RouteChoice(chosen.name, chosen.predicted_ms, None, "default")
     fitting = [c for c in candidates if c.predicted_ms <= budget_ms]
     if fitting:
-        best = max(fitting, key=lambda c: (c.quality, -c.predicted_ms))
+        if upgrade:
+            best = max(fitting, key=lambda c: (c.quality, -c.predicted_ms))
+        else:
+            best = min(fitting, key=lambda c: (c.predicted_ms, -c.quality))
         return RouteChoice(best.name, best.predicted_ms, True, "budget")
     fastest = min(candidates, key=lambda c: (c.predicted_ms, -c.quality))
     if strict:

@@ -142,6 +142,10 @@ class RoutingSettings:
     #: The models share their compute (one machine's CPU cores, one GPU): work in
     #: flight to any model delays every model, not only its own queue.
     shared_compute: bool = False
+    #: With shared compute: above this busy fraction (model time per second, over the
+    #: last ``utilization_window_s``), budgets get the fastest fitting model, not the best.
+    max_upgrade_utilization: float = 0.5
+    utilization_window_s: float = 10.0
 
 
 @dataclass
@@ -189,6 +193,7 @@ class SegmentationService:
         self._states: dict[str, _ModelState] = {}
         self.gateway_cost = LinearLatency(self.routing.half_life, _GATEWAY_PRIOR, 2.0)
         self._seen_batches: collections.deque[str] = collections.deque(maxlen=4096)
+        self._busy: collections.deque[tuple[float, float]] = collections.deque(maxlen=4096)
         self._seen_set: set[str] = set()
 
     def resolve_model(self, requested: str) -> str:
@@ -261,6 +266,7 @@ class SegmentationService:
             self._seen_batches.append(batch)
             self._seen_set.add(batch)
             state.service.observe(prediction.batch_pixels, prediction.inference_ms)
+            self._busy.append((time.monotonic(), prediction.inference_ms / 1000))
         state.overhead.observe(
             0, max(0.0, round_trip_ms - prediction.inference_ms - queue_estimate_ms)
         )
@@ -312,8 +318,21 @@ class SegmentationService:
                     self.predict_ms(cards[candidate], image_size),
                 )
             )
-        choice = choose(candidates, remaining, self.default_model, options.strict)
+        choice = choose(
+            candidates, remaining, self.default_model, options.strict, self.upgrade_allowed()
+        )
         return choice, cards[choice.name]
+
+    def utilization(self) -> float:
+        """Model seconds run per second, over the last ``utilization_window_s``."""
+        window = self.routing.utilization_window_s
+        since = time.monotonic() - window
+        return sum(busy for at, busy in self._busy if at >= since) / window
+
+    def upgrade_allowed(self) -> bool:
+        if not self.routing.shared_compute:
+            return True
+        return self.utilization() <= self.routing.max_upgrade_utilization
 
     def routing_info(self, name: str) -> dict[str, Any]:
         """The gateway's latency estimates for a model, for ``/v1/models``."""
@@ -328,6 +347,7 @@ class SegmentationService:
             "predicted_ms_512x512": round(self.predict_ms(state.card, (512, 512)), 1),
             "margin_sigmas": self.routing.margin_sigmas,
             "shared_compute": self.routing.shared_compute,
+            "utilization": round(self.utilization(), 3),
         }
 
     # ------------------------------------------------------------ one request

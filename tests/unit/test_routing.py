@@ -18,7 +18,7 @@ from deployments.pipeline.imaging import ImageLimits
 from deployments.pipeline.latency import LatencySample, LinearLatency, QueueState, queue_wait_ms
 from deployments.pipeline.options import parse_options
 from deployments.pipeline.routing import Candidate, choose, explicit
-from deployments.pipeline.service import SegmentationService, peek_size
+from deployments.pipeline.service import RoutingSettings, SegmentationService, peek_size
 from tests.images import jpeg
 from tests.tiny_models import save_tiny_segformer
 
@@ -249,3 +249,32 @@ def test_routing_estimates_learn_from_served_batches(routed: SegmentationService
     assert info["service"]["samples"] >= 1
     assert info["service"]["ms_per_megapixel"] > 0
     assert info["in_flight"] == {"requests": 0, "pixels": 0}
+
+
+@settings(deadline=None)
+@given(candidate_lists, times)
+def test_without_upgrades_the_fastest_fitting_model_answers(
+    candidates: list[Candidate], budget: float
+) -> None:
+    choice = choose(candidates, budget, "m0", upgrade=False)
+    fitting = [c for c in candidates if c.predicted_ms <= budget]
+    if fitting:
+        assert choice.fits and choice.predicted_ms == min(c.predicted_ms for c in fitting)
+    else:
+        assert choice == choose(candidates, budget, "m0")
+
+
+def test_busy_shared_compute_stops_upgrades(two_models: dict[str, ModelCore]) -> None:
+    endpoints = {name: LocalEndpoint(core) for name, core in two_models.items()}
+    shared = SegmentationService(
+        endpoints,
+        "fast",
+        ImageLimits(),
+        routing=RoutingSettings(shared_compute=True, max_upgrade_utilization=0.0),
+    )
+    image = jpeg(320, 240, seed=8)
+    first = asyncio.run(shared.segment(image, parse_options(budget_ms="60000")))
+    assert first.model == "slow"  # idle: the best model that fits
+    assert shared.utilization() > 0
+    busy = asyncio.run(shared.segment(image, parse_options(budget_ms="60000")))
+    assert busy.model == "fast" and busy.budget["chosen_by"] == "budget"
