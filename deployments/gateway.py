@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -157,9 +158,7 @@ def _accepts_png_only(accept: str) -> bool:
     return "image/png" in kinds and "application/json" not in kinds
 
 
-def _with_mask(options: Any) -> Any:
-    from dataclasses import replace
-
+def _with_mask(options: SegmentOptions) -> SegmentOptions:
     return replace(options, outputs=options.outputs | {"mask"})
 
 
@@ -317,10 +316,11 @@ class Gateway:
         self, request: pb.SegmentRequest, grpc_context: RayServegRPCContext
     ) -> pb.SegmentResponse:
         try:
+            from_deadline = not request.HasField("budget_ms")
             budget: str | float | None = (
-                request.budget_ms
-                if request.HasField("budget_ms")
-                else convert.budget_from_metadata(grpc_context.invocation_metadata())
+                convert.budget_from_metadata(grpc_context.invocation_metadata())
+                if from_deadline
+                else request.budget_ms
             )
             options = parse_options(
                 request.model or None,
@@ -329,6 +329,9 @@ class Gateway:
                 request.mask_size or None,
                 request.strict if request.HasField("strict") else None,
             )
+            if from_deadline and options.budget_ms is not None:
+                # The call's deadline bounds the answer but does not pick the model.
+                options = replace(options, budget_is_deadline=True)
             if len(request.image) > self.config.limits.max_request_bytes:
                 raise PayloadTooLarge(
                     f"image is {len(request.image)} bytes; "

@@ -47,6 +47,10 @@ class LinearLatency:
         self._lock = threading.Lock()
         # Weighted sums for the normal equations and the residual variance.
         self._w = self._x = self._y = self._xx = self._xy = self._yy = 0.0
+        # The same sums over observed samples only: the residual spread comes from them
+        # once there are two (a warm-up batch timed during a busy start-up must seed the
+        # line, not inflate every later margin).
+        self._real = [0.0] * 6
         self.samples = 0
         for sample in prior:
             self._add(sample.pixels, sample.ms, prior_weight)
@@ -56,6 +60,10 @@ class LinearLatency:
             return  # a clock hiccup must not poison the fit
         with self._lock:
             self._add(pixels, ms, 1.0)
+            d = self.decay
+            real = self._real
+            for i, value in enumerate((1.0, pixels, ms, pixels * pixels, pixels * ms, ms * ms)):
+                real[i] = real[i] * d + value
             self.samples += 1
 
     def _add(self, x: float, y: float, weight: float) -> None:
@@ -71,6 +79,21 @@ class LinearLatency:
         """(fixed_ms, ms_per_pixel, residual_std_ms); never negative."""
         with self._lock:
             w, x, y, xx, xy, yy = self._w, self._x, self._y, self._xx, self._xy, self._yy
+            real, samples = list(self._real), self.samples
+        fixed, slope, std = self._fit(w, x, y, xx, xy, yy)
+        if samples >= 2:
+            rw, rx, ry, rxx, rxy, ryy = real
+            squares = (
+                ryy - 2 * fixed * ry - 2 * slope * rxy
+                + fixed * fixed * rw + 2 * fixed * slope * rx + slope * slope * rxx
+            )  # fmt: skip
+            std = math.sqrt(max(0.0, squares / rw))
+        return fixed, slope, std
+
+    @staticmethod
+    def _fit(
+        w: float, x: float, y: float, xx: float, xy: float, yy: float
+    ) -> tuple[float, float, float]:
         if w <= 0:
             return 0.0, 0.0, 0.0
         mean_x, mean_y = x / w, y / w

@@ -28,6 +28,9 @@ class SegmentOptions:
     mask_size: str = "original"
     #: Reject at once (504) when no model is predicted to finish within the budget.
     strict: bool = False
+    #: The budget is only the caller's deadline (a gRPC call's timeout): it is kept,
+    #: but ``model=auto`` stays the default model instead of choosing by budget.
+    budget_is_deadline: bool = False
 
     def deadline(self, started: float) -> float | None:
         """Absolute ``time.time()`` by which the answer is due, if there is a budget."""

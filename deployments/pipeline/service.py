@@ -12,6 +12,7 @@ import asyncio
 import collections
 import io
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -156,6 +157,7 @@ class _ModelState:
     service: LinearLatency  # batch time vs batch input pixels (replica-measured)
     overhead: LinearLatency  # round trip minus inference minus the queue estimate
     queue: QueueState = field(default_factory=QueueState)
+    round_trips: int = 0
 
     def wait_ms(self, replicas: int) -> float:
         """Time for the work in flight to this model to drain."""
@@ -214,7 +216,8 @@ class SegmentationService:
             half_life = self.routing.half_life
             state = _ModelState(
                 card=card,
-                service=LinearLatency(half_life, card.warmup),
+                # Warm-up batches run while replicas start: they seed, real batches decide.
+                service=LinearLatency(half_life, card.warmup, prior_weight=0.1),
                 overhead=LinearLatency(half_life),
             )
             self._states[card.name] = state
@@ -241,13 +244,15 @@ class SegmentationService:
         margin = self.routing.margin_sigmas
         width, height = image_size or card.input_spec.target_size(512, 512)
         in_w, in_h = card.input_spec.target_size(width, height)
-        queue = self.queue_ms(card)
-        return (
-            self.gateway_cost.predict_ms(width * height, margin)
-            + state.overhead.predict_ms(0, margin)
-            + queue
-            + state.service.predict_ms(in_w * in_h, margin)
+        parts = (
+            (self.gateway_cost, width * height),
+            (state.overhead, 0),
+            (state.service, in_w * in_h),
         )
+        mean = sum(model.mean_ms(pixels) for model, pixels in parts)
+        # Independent parts: their variances add (a sum of per-part margins overstates).
+        spread = math.sqrt(sum(model.coefficients()[2] ** 2 for model, _ in parts))
+        return mean + self.queue_ms(card) + margin * spread
 
     def _observe(
         self,
@@ -267,9 +272,11 @@ class SegmentationService:
             self._seen_set.add(batch)
             state.service.observe(prediction.batch_pixels, prediction.inference_ms)
             self._busy.append((time.monotonic(), prediction.inference_ms / 1000))
-        state.overhead.observe(
-            0, max(0.0, round_trip_ms - prediction.inference_ms - queue_estimate_ms)
-        )
+        if state.round_trips:  # the first call through a new handle also sets it up
+            state.overhead.observe(
+                0, max(0.0, round_trip_ms - prediction.inference_ms - queue_estimate_ms)
+            )
+        state.round_trips += 1
         self.gateway_cost.observe(original_pixels, gateway_ms)
 
     async def _cards(self) -> dict[str, ModelCard]:
@@ -300,7 +307,7 @@ class SegmentationService:
     ) -> tuple[RouteChoice, ModelCard]:
         budget = options.budget_ms
         remaining = None if budget is None else budget - elapsed_ms
-        if options.model != AUTO_MODEL or budget is None:
+        if options.model != AUTO_MODEL or budget is None or options.budget_is_deadline:
             name = self.resolve_model(options.model)
             card = await self.endpoints[name].card()
             predicted = self.predict_ms(card, image_size)

@@ -155,3 +155,15 @@ def test_budget_routing_over_grpc(stub: pb_grpc.SegmentationStub) -> None:
         stub.Segment(pb.SegmentRequest(image=jpeg(64, 64), budget_ms=1, strict=True), timeout=30)
     assert cast(Any, caught.value).code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "strict=true" in cast(Any, caught.value).details()
+
+
+def test_a_deadline_alone_bounds_the_call_but_keeps_the_default_model(
+    stub: pb_grpc.SegmentationStub,
+) -> None:
+    reply = stub.Segment(
+        pb.SegmentRequest(image=jpeg(64, 64)),
+        timeout=120,
+        metadata=[(BUDGET_METADATA_KEY, "120000")],
+    )
+    assert reply.model == "tiny" and reply.budget.chosen_by == "default"
+    assert reply.budget.budget_ms == 120_000 and reply.budget.met
