@@ -169,6 +169,10 @@ class _ModelState:
 
 #: Decode + encode in the gateway vs original pixels, before anything is measured:
 #: about 20 ms plus 20 ms per megapixel on a laptop core (JPEG draft decoding).
+#: How long ``model=auto`` waits for a non-default model's card (a model still loading
+#: is left out of the choice rather than holding the request).
+_CARD_TIMEOUT_S = 2.0
+
 _GATEWAY_PRIOR = (LatencySample(0, 20.0), LatencySample(10e6, 220.0))
 
 
@@ -283,7 +287,13 @@ class SegmentationService:
         """Cards of the models that answer; a model that is down is not a candidate."""
         names = list(self.endpoints)
         cards = await asyncio.gather(
-            *(self.endpoints[n].card() for n in names), return_exceptions=True
+            *(
+                self.endpoints[n].card()
+                if n == self.default_model
+                else asyncio.wait_for(self.endpoints[n].card(), _CARD_TIMEOUT_S)
+                for n in names
+            ),
+            return_exceptions=True,
         )
         usable = {n: c for n, c in zip(names, cards, strict=True) if isinstance(c, ModelCard)}
         if self.default_model not in usable:
