@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
@@ -25,6 +25,27 @@ if TYPE_CHECKING:
 logger = logging.getLogger("segserve.adapters")
 
 Weights = Literal["pretrained", "random"]
+T = TypeVar("T")
+
+
+def with_weights_policy(
+    config: ModelConfig, load: Callable[[], T]
+) -> tuple[T | None, Weights, str | None]:
+    """Run ``load`` (the pretrained weights) under ``config.weights``: (result, weights, note).
+
+    ``pretrained`` raises load's ModelLoadError; ``random`` never calls it; ``auto``
+    falls back to random weights with a warning. A None result means "build random".
+    """
+    if config.weights == "random":
+        return None, "random", "configured with weights: random"
+    try:
+        return load(), "pretrained", None
+    except ModelLoadError as e:
+        if config.weights == "pretrained":
+            raise
+        note = f"pretrained weights unavailable ({e}); running on random weights"
+        logger.warning("model %r: %s", config.name, note)
+        return None, "random", note
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deployments.adapters.base import DevicePlan, SegmentationAdapter, Weights, host_reachable
+from deployments.adapters.base import (
+    DevicePlan,
+    SegmentationAdapter,
+    Weights,
+    host_reachable,
+    with_weights_policy,
+)
 from deployments.adapters.labels import DATASETS, dataset_from_name
 from deployments.adapters.torch_common import (
     apply_cpu_threads,
@@ -118,18 +124,10 @@ class HFSegformerAdapter(SegmentationAdapter):
         if device.kind == "cpu":
             apply_cpu_threads(device)
         started = time.perf_counter()
-        model, weights, note = None, "pretrained", None
-        if config.weights != "random":
-            try:
-                model = _load_pretrained(config.source, SegformerForSemanticSegmentation)
-            except ModelLoadError as e:
-                if config.weights == "pretrained":
-                    raise
-                note = f"pretrained weights unavailable ({e}); running on random weights"
-                logger.warning("model %r: %s", config.name, note)
+        model, weights, note = with_weights_policy(
+            config, lambda: _load_pretrained(config.source, SegformerForSemanticSegmentation)
+        )
         if model is None:
-            weights = "random"
-            note = note or "configured with weights: random"
             model = _build_random(config, SegformerForSemanticSegmentation)
         processor = _load_processor(config.source)
         model.eval()

@@ -32,6 +32,7 @@ from deployments.adapters.base import (
     Weights,
     check_weights,
     host_reachable,
+    with_weights_policy,
 )
 from deployments.adapters.torch_common import (
     apply_cpu_threads,
@@ -220,30 +221,20 @@ class MMSegAdapter(SegmentationAdapter):
             raise ModelLoadError(f"cannot build {config_path.stem}: {type(e).__name__}: {e}") from e
         model.cfg = cfg
 
-        weights: Weights = "random"
-        note: str | None = "configured with weights: random"
-        meta: dict[str, Any] = {}
         checkpoint = config.checkpoint or zoo_checkpoint_url(config_path)
-        if config.weights != "random":
-            try:
-                if checkpoint is None:
-                    raise ModelLoadError(
-                        f"no checkpoint given and none known for {config_path.stem}"
-                    )
-                local = (
-                    _fetch(checkpoint) if re.match(r"https?://", checkpoint) else Path(checkpoint)
-                )
-                if not local.is_file():
-                    raise ModelLoadError(f"checkpoint file {checkpoint!r} does not exist")
-                state, meta = load_state_dict_safely(local)
-                _apply_weights(model, state, repr(checkpoint))
-                weights, note = "pretrained", None
-            except ModelLoadError as e:
-                if config.weights == "pretrained":
-                    raise
-                note = f"pretrained weights unavailable ({e}); running on random weights"
-                logger.warning("model %r: %s", config.name, note)
-        labels, palette = _dataset_meta(cfg, meta, model)
+
+        def load_checkpoint() -> dict[str, Any]:
+            if checkpoint is None:
+                raise ModelLoadError(f"no checkpoint given and none known for {config_path.stem}")
+            local = _fetch(checkpoint) if re.match(r"https?://", checkpoint) else Path(checkpoint)
+            if not local.is_file():
+                raise ModelLoadError(f"checkpoint file {checkpoint!r} does not exist")
+            state, meta = load_state_dict_safely(local)
+            _apply_weights(model, state, repr(checkpoint))
+            return meta
+
+        meta, weights, note = with_weights_policy(config, load_checkpoint)
+        labels, palette = _dataset_meta(cfg, meta or {}, model)
         model.eval()
         model.to(device.kind)
         adapter = cls(

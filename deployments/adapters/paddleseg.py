@@ -48,6 +48,7 @@ from deployments.adapters.base import (
     Weights,
     check_weights,
     host_reachable,
+    with_weights_policy,
 )
 from deployments.adapters.labels import DATASETS, dataset_from_name
 from deployments.config import ModelConfig
@@ -367,20 +368,14 @@ class PaddleSegAdapter(SegmentationAdapter):
             test_config=dic.get("test_config"),
         )  # fmt: skip
         adapter.checkpoint = config.checkpoint
-        adapter.weights_note = "configured with weights: random"
-        if config.weights != "random":
-            try:
-                if not config.checkpoint:
-                    raise ModelLoadError("no checkpoint (.pdparams path or URL) given")
-                load_params(model, config.checkpoint)
-                adapter.weights, adapter.weights_note = "pretrained", None
-            except ModelLoadError as e:
-                if config.weights == "pretrained":
-                    raise
-                adapter.weights_note = (
-                    f"pretrained weights unavailable ({e}); running on random weights"
-                )
-                logger.warning("model %r: %s", config.name, adapter.weights_note)
+
+        def load() -> bool:
+            if not config.checkpoint:
+                raise ModelLoadError("no checkpoint (.pdparams path or URL) given")
+            load_params(model, config.checkpoint)
+            return True
+
+        _, adapter.weights, adapter.weights_note = with_weights_policy(config, load)
         num_classes = int(getattr(model, "num_classes", 0) or adapter.warm_up())
         adapter.labels = resolve_labels(config, dic, num_classes)
         adapter.warm_up()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import io
-import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -33,8 +32,6 @@ from deployments.pipeline.latency import LatencySample, LinearLatency, QueueStat
 from deployments.pipeline.options import AUTO_MODEL, SegmentOptions
 from deployments.pipeline.outputs import ClassShare, class_table, encode_label_png
 from deployments.pipeline.routing import Candidate, RouteChoice, choose, explicit
-
-logger = logging.getLogger("segserve.service")
 
 
 @dataclass(frozen=True)
@@ -167,12 +164,14 @@ class _ModelState:
         )  # fmt: skip
 
 
-#: Decode + encode in the gateway vs original pixels, before anything is measured:
-#: about 20 ms plus 20 ms per megapixel on a laptop core (JPEG draft decoding).
 #: How long ``model=auto`` waits for a non-default model's card (a model still loading
 #: is left out of the choice rather than holding the request).
 _CARD_TIMEOUT_S = 2.0
+#: Batch ids remembered to count each batch once (its requests return one by one).
+_SEEN_BATCHES = 4096
 
+#: Decode + encode in the gateway vs original pixels, before anything is measured:
+#: about 20 ms plus 20 ms per megapixel on a laptop core (JPEG draft decoding).
 _GATEWAY_PRIOR = (LatencySample(0, 20.0), LatencySample(10e6, 220.0))
 
 
@@ -198,9 +197,8 @@ class SegmentationService:
         self._replicas = replicas
         self._states: dict[str, _ModelState] = {}
         self.gateway_cost = LinearLatency(self.routing.half_life, _GATEWAY_PRIOR, 2.0)
-        self._seen_batches: collections.deque[str] = collections.deque(maxlen=4096)
+        self._seen_batches: dict[str, None] = {}  # insertion-ordered: oldest first
         self._busy: collections.deque[tuple[float, float]] = collections.deque(maxlen=4096)
-        self._seen_set: set[str] = set()
 
     def resolve_model(self, requested: str) -> str:
         if requested == AUTO_MODEL:
@@ -269,11 +267,10 @@ class SegmentationService:
     ) -> None:
         state = self._state(card)
         batch = prediction.batch_id
-        if batch and batch not in self._seen_set:  # one sample per batch, not per request
-            if len(self._seen_batches) == self._seen_batches.maxlen:
-                self._seen_set.discard(self._seen_batches[0])
-            self._seen_batches.append(batch)
-            self._seen_set.add(batch)
+        if batch and batch not in self._seen_batches:  # one sample per batch, not per request
+            self._seen_batches[batch] = None
+            if len(self._seen_batches) > _SEEN_BATCHES:
+                del self._seen_batches[next(iter(self._seen_batches))]
             state.service.observe(prediction.batch_pixels, prediction.inference_ms)
             self._busy.append((time.monotonic(), prediction.inference_ms / 1000))
         if state.round_trips:  # the first call through a new handle also sets it up

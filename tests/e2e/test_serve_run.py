@@ -87,36 +87,40 @@ def test_the_readme_curl_answers(serve_run: str) -> None:
     assert all(row["name"] in models[0]["labels"] for row in body["classes"])
 
 
-def test_the_shipped_mmseg_model_answers(serve_run: str) -> None:
-    models = httpx.get(f"{serve_run}/v1/models", timeout=30).json()["models"]
-    mmseg = [m for m in models if m["framework"] == "mmseg"]
-    assert len(mmseg) == 1 and mmseg[0]["weights"] == "random"  # offline: zoo URL unreachable
+def shipped_model(url: str, framework: str) -> dict[str, Any]:
+    """The one model of a framework in the shipped config, as /v1/models lists it."""
+    models = httpx.get(f"{url}/v1/models", timeout=30).json()["models"]
+    matching = [m for m in models if m["framework"] == framework]
+    assert len(matching) == 1, [m["name"] for m in models]
+    return dict(matching[0])
+
+
+def segment_classes(url: str, model: str) -> dict[str, Any]:
+    """A 600x400 JPEG segmented by ``model`` (classes only); asserts a 200."""
     response = httpx.post(
-        f"{serve_run}/v1/segment",
+        f"{url}/v1/segment",
         content=jpeg(600, 400),
-        params={"model": mmseg[0]["name"], "outputs": "classes"},
+        params={"model": model, "outputs": "classes"},
         timeout=120,
     )
     assert response.status_code == 200, response.text
-    body = response.json()
+    return dict(response.json())
+
+
+def test_the_shipped_mmseg_model_answers(serve_run: str) -> None:
+    mmseg = shipped_model(serve_run, "mmseg")
+    assert mmseg["weights"] == "random"  # offline: zoo URL unreachable
+    body = segment_classes(serve_run, mmseg["name"])
     assert body["processed"] == {"width": 768, "height": 512}  # the config's 2048x512 keep-ratio
     assert body["classes"] and "random weights" in body["warning"]
 
 
 def test_the_shipped_paddleseg_model_answers(serve_run: str) -> None:
-    models = httpx.get(f"{serve_run}/v1/models", timeout=30).json()["models"]
-    paddle = [m for m in models if m["framework"] == "paddleseg"]
+    paddle = shipped_model(serve_run, "paddleseg")
     # Offline: the model zoo's .pdparams URL is unreachable, so `auto` falls back to random.
-    assert len(paddle) == 1 and paddle[0]["weights"] == "random"
-    assert len(paddle[0]["labels"]) == 19 and paddle[0]["labels"][0] == "road"
-    response = httpx.post(
-        f"{serve_run}/v1/segment",
-        content=jpeg(600, 400),
-        params={"model": paddle[0]["name"], "outputs": "classes"},
-        timeout=120,
-    )
-    assert response.status_code == 200, response.text
-    body = response.json()
+    assert paddle["weights"] == "random"
+    assert len(paddle["labels"]) == 19 and paddle["labels"][0] == "road"
+    body = segment_classes(serve_run, paddle["name"])
     assert body["processed"] == {"width": 1024, "height": 512}  # Resize to 1024x512
     assert body["classes"] and "random weights" in body["warning"]
 
