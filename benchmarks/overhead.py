@@ -27,7 +27,8 @@ GOAL = 0.8
 
 
 def bare_throughput(config: Any, threads: int, rounds: int) -> dict[str, float]:
-    from deployments.adapters.base import adapter_class, plan_device
+    from deployments.adapters.device import plan_device
+    from deployments.adapters.registry import adapter_class
 
     adapter = adapter_class(config.framework).load(config, plan_device(0, threads, threads))
     width, height = adapter.input_spec.size or (512, 512)

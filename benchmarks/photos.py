@@ -47,7 +47,8 @@ def naive_baseline(config_json: str, paths: list[str], threads: int, queue: Any)
     import numpy as np
     from PIL import Image, ImageOps
 
-    from deployments.adapters.base import adapter_class, plan_device
+    from deployments.adapters.device import plan_device
+    from deployments.adapters.registry import adapter_class
     from deployments.config import ModelConfig
 
     config = ModelConfig.model_validate_json(config_json)
@@ -130,7 +131,8 @@ def bare_model_ms(config: Any, threads: int, repeat: int) -> float:
     """The adapter alone on one image at the model's input size: the floor for any photo."""
     import numpy as np
 
-    from deployments.adapters.base import adapter_class, plan_device
+    from deployments.adapters.device import plan_device
+    from deployments.adapters.registry import adapter_class
 
     adapter = adapter_class(config.framework).load(config, plan_device(0, threads, threads))
     width, height = adapter.input_spec.size or (512, 512)

@@ -48,7 +48,7 @@ async def closed_loop(client: Any, data: bytes, clients: int, total: int) -> dic
             result = await client.segment(data)
             elapsed = (time.perf_counter() - started) * 1000
             latencies.append(elapsed)
-            overheads.append(elapsed - result.timings_ms["total"])
+            overheads.append(elapsed - result.timings.total)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))

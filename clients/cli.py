@@ -68,7 +68,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _class_table(result: SegmentationResult, top: int = 10) -> str:
-    lines = [f"  {row.fraction * 100:6.2f}%  {row.id:4d}  {row.name}" for row in result.classes]
+    lines = [
+        f"  {row.fraction * 100:6.2f}%  {row.id:4d}  {row.name}" for row in result.classes or []
+    ]
     more = len(lines) - top
     return "\n".join(lines[:top] + ([f"  ... {more} more"] if more > 0 else []))
 
@@ -115,14 +117,14 @@ def _report(path: Path, result: SegmentationResult, options: argparse.Namespace)
             "weights": result.weights,
             "width": result.width,
             "height": result.height,
-            "classes": [row.__dict__ for row in result.classes],
-            "timings_ms": result.timings_ms,
+            "classes": [row.to_dict() for row in result.classes or []],
+            "timings_ms": result.timings.to_dict(),
             "mask": str(written) if written else None,
         }
         print(json.dumps(record))
         return
     header = f"{path}: {result.width}x{result.height}, model {result.model}"
-    header += f" ({result.weights} weights), {result.timings_ms['total']:.0f} ms"
+    header += f" ({result.weights} weights), {result.timings.total:.0f} ms"
     print(header)
     if result.warning:
         print(f"  warning: {result.warning}")

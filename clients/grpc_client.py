@@ -8,7 +8,6 @@ request rather than run it after the caller has given up.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,11 @@ import grpc.aio
 from clients.result import SegmentationResult, SegServeClientError, read_image
 from deployments.protocols import segserve_pb2 as pb
 from deployments.protocols import segserve_pb2_grpc as pb_grpc
-from deployments.protocols.convert import BUDGET_METADATA_KEY, ERROR_CODE_METADATA_KEY
+from deployments.protocols.wire import (
+    BUDGET_METADATA_KEY,
+    ERROR_CODE_METADATA_KEY,
+    models_from_proto,
+)
 
 DEFAULT_TARGET = "localhost:9000"
 #: Photos of tens of megabytes each way; gRPC's default is 4 MB.
@@ -67,13 +70,6 @@ def _error(error: grpc.RpcError, target: str) -> SegServeClientError:
     return SegServeClientError(service_code, details, code.name)
 
 
-def _models(response: pb.ListModelsResponse) -> dict[str, Any]:
-    return {
-        "default": response.default_model,
-        "models": [json.loads(m.details_json) for m in response.models],
-    }
-
-
 class GrpcSegServeClient:
     """``with GrpcSegServeClient("localhost:9000") as client: client.segment("photo.jpg")``"""
 
@@ -105,7 +101,9 @@ class GrpcSegServeClient:
 
     def models(self) -> dict[str, Any]:
         try:
-            return _models(self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout))
+            return models_from_proto(
+                self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+            )
         except grpc.RpcError as e:
             raise _error(e, self.target) from e
 
@@ -153,7 +151,7 @@ class AsyncGrpcSegServeClient:
             response = await self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
         except grpc.RpcError as e:
             raise _error(e, self.target) from e
-        return _models(response)
+        return models_from_proto(response)
 
     async def close(self) -> None:
         await self._channel.close(None)

@@ -67,7 +67,7 @@ class SegServeClient:
             )
         except httpx.HTTPError as e:
             raise _transport_error(e, self.url) from e
-        return SegmentationResult.from_http_json(_check(response))
+        return SegmentationResult.from_json(_check(response))
 
     def models(self) -> dict[str, Any]:
         try:
@@ -111,7 +111,7 @@ class AsyncSegServeClient:
             )
         except httpx.HTTPError as e:
             raise _transport_error(e, self.url) from e
-        return SegmentationResult.from_http_json(_check(response))
+        return SegmentationResult.from_json(_check(response))
 
     async def models(self) -> dict[str, Any]:
         try:

@@ -233,8 +233,15 @@ class RoutingConfig(StrictModel):
 
     max_upgrade_utilization: float = Field(default=0.5, ge=0, le=100)
     """With shared_compute: when the models were busy more than this fraction of the last
-    10 s, a budget gets the fastest model that fits instead of the best (a slow model
-    would make the requests behind it miss theirs)."""
+    ``utilization_window_s``, a budget gets the fastest model that fits instead of the best
+    (a slow model would make the requests behind it miss theirs)."""
+
+    utilization_window_s: float = Field(default=10.0, gt=0, le=3600)
+    """Window over which the models' busy fraction is measured (shared_compute)."""
+
+    card_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    """How long ``model=auto`` waits for a non-default model's card: a model still loading
+    is left out of the choice rather than holding the request."""
 
 
 class GatewayConfig(StrictModel):

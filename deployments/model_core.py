@@ -15,22 +15,35 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from deployments.adapters.base import DevicePlan, SegmentationAdapter, adapter_class
+from deployments.adapters.base import SegmentationAdapter
+from deployments.adapters.device import DevicePlan
+from deployments.adapters.registry import adapter_class
 from deployments.config import ModelConfig
+from deployments.contract import LatencySample, ModelCard, Prediction, PredictRequest
 from deployments.pipeline.errors import DeadlineExceeded, SegServeError
-from deployments.pipeline.latency import LatencySample
 from deployments.pipeline.process import peak_rss_mb
-from deployments.pipeline.service import ModelCard, Prediction, PredictRequest
 
 
 class ModelCore:
-    def __init__(self, config: ModelConfig, device: DevicePlan) -> None:
+    """One model replica's work, without Ray.
+
+    ``clock`` is the replica's own monotonic clock: a request's relative budget
+    becomes a deadline on it when the request arrives (:meth:`PredictRequest.receive`).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        device: DevicePlan,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         started = time.perf_counter()
         self.config = config
         self.device = device
+        self.clock = clock
         self.adapter: SegmentationAdapter = adapter_class(config.framework).load(config, device)
         self.load_s = time.perf_counter() - started
         self._lock = threading.Lock()
@@ -46,9 +59,13 @@ class ModelCore:
         self.warmup = self._timed_warmup()
 
     def _timed_warmup(self) -> tuple[LatencySample, ...]:
-        """Batches of 1, 2, ... images at the model's input size, timed: the latency seed."""
+        """The replica's one warm-up: a cold-start batch (untimed: first-call costs such as
+        allocation, cuDNN autotuning or compilation), then batches of 1, 2, ... images at the
+        model's input size, timed: the latency seed."""
         import numpy as np
 
+        if self.config.warmup_batches:
+            self.adapter.warm_up()
         width, height = self.adapter.input_spec.target_size(512, 512)
         batching = self.config.batching
         samples = []
@@ -70,12 +87,7 @@ class ModelCore:
             weights_note=self.adapter.weights_note,
             labels=list(self.adapter.labels),
             input_spec=self.adapter.input_spec,
-            label_max_pixels=self.config.label_max_pixels,
-            quality=self.config.quality,
             warmup=self.warmup,
-            max_batch_size=self.config.batching.max_batch_size,
-            max_batch_pixels=self.config.batching.max_batch_pixels,
-            replicas=self.config.num_replicas,
         )
 
     def batch_cost(self, request: PredictRequest) -> int:
@@ -91,7 +103,9 @@ class ModelCore:
 
     def run_batch(self, requests: Sequence[PredictRequest]) -> list[Prediction | SegServeError]:
         """Run one batch; expired requests get DeadlineExceeded and use no model time."""
-        batch_start = time.time()
+        for request in requests:
+            request.receive(self.clock)
+        batch_start = self.clock()
         results: list[Prediction | SegServeError] = []
         live = [r for r in requests if r.deadline is None or r.deadline > batch_start]
         live_ids = {id(r) for r in live}
@@ -114,9 +128,11 @@ class ModelCore:
                 results.append(
                     Prediction(
                         labels=next(outputs),
-                        queue_ms=(batch_start - request.sent_at) * 1000,
+                        queue_ms=(batch_start - (request.received_at or batch_start)) * 1000,
                         inference_ms=inference_ms,
                         batch_size=len(live),
+                        weights=self.adapter.weights,
+                        weights_note=self.adapter.weights_note,
                         batch_pixels=batch_pixels,
                         batch_id=batch_id,
                     )
@@ -184,7 +200,14 @@ class LocalEndpoint:
     async def card(self) -> ModelCard:
         return self._card
 
+    async def describe(self) -> dict[str, Any]:
+        return self.core.describe()
+
+    async def ready(self) -> bool:
+        return True
+
     async def predict(self, request: PredictRequest) -> Prediction:
+        request.receive(self.core.clock)
         async with self._lock:
             (result,) = await asyncio.to_thread(self.core.run_batch, [request])
         if isinstance(result, SegServeError):

@@ -17,11 +17,12 @@ import ray
 from ray import serve
 from ray.serve import metrics
 
-from deployments.adapters.base import adapter_class, plan_device
+from deployments.adapters.device import plan_device
+from deployments.adapters.registry import cuda_available
 from deployments.config import ModelConfig
+from deployments.contract import ModelCard, Prediction, PredictRequest
 from deployments.model_core import ModelCore
 from deployments.pipeline.errors import SegServeError
-from deployments.pipeline.service import ModelCard, Prediction, PredictRequest
 
 logger = logging.getLogger("ray.serve")
 
@@ -38,7 +39,7 @@ class ModelServer:
             gpus_assigned=float(resources.get("GPU", 0.0)),
             cpus_assigned=float(resources.get("CPU", config.num_cpus or 1.0)),
             cpu_threads=config.cpu_threads,
-            cuda_available=adapter_class(config.framework).cuda_available,
+            cuda_available=lambda: cuda_available(config.framework),
         )
         if device.fallback_reason:
             logger.warning("model %r: %s; running on CPU", config.name, device.fallback_reason)
@@ -88,6 +89,8 @@ class ModelServer:
         return self.core.card()
 
     async def predict(self, request: PredictRequest) -> Prediction:
+        # The budget is relative: it becomes a deadline on this node's clock on arrival.
+        request.receive(self.core.clock)
         result: Prediction | SegServeError = await self._batched(
             (request, self.core.batch_cost(request))
         )

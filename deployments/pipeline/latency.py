@@ -18,13 +18,9 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from deployments.contract import LatencySample
 
-@dataclass(frozen=True)
-class LatencySample:
-    """One observed batch (or request): its cost in pixels and how long it took."""
-
-    pixels: float
-    ms: float
+__all__ = ["LatencySample", "LinearLatency", "QueueState", "queue_wait_ms"]
 
 
 class LinearLatency:

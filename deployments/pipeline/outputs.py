@@ -1,7 +1,8 @@
 """Output encoders: the label PNG and the class table.
 
 A label PNG's pixel values are class ids: 8-bit greyscale when ids fit in a
-byte, 16-bit greyscale otherwise. Encoders take the server's small label map
+byte, 16-bit greyscale otherwise (clients decode it with
+``deployments.protocols.wire.decode_label_png``). Encoders take the server's small label map
 and the size the client asked for; only the PNG needs the full-size map.
 """
 
@@ -9,25 +10,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from deployments.pipeline.imaging import class_pixel_counts
-
-
-@dataclass(frozen=True)
-class ClassShare:
-    """One row of the class table."""
-
-    id: int
-    name: str
-    pixels: int
-    fraction: float
-
-    def to_dict(self) -> dict[str, object]:
-        return {"id": self.id, "name": self.name, "pixels": self.pixels, "fraction": self.fraction}
+from deployments.protocols.wire import ClassShare
 
 
 def encode_label_png(labels: np.ndarray, compress_level: int = 1) -> bytes:
@@ -47,13 +35,6 @@ def encode_label_png(labels: np.ndarray, compress_level: int = 1) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
-
-
-def decode_label_png(data: bytes) -> np.ndarray:
-    """Inverse of :func:`encode_label_png` (used by clients and tests)."""
-    with Image.open(io.BytesIO(data)) as image:
-        array = np.asarray(image)
-    return array.astype(np.uint8 if image.mode == "L" else np.uint16)
 
 
 def class_table(

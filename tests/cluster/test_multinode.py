@@ -38,7 +38,7 @@ from deployments.app import build_app
 from deployments.config import AppArgs, deployment_name, parse_args
 from deployments.protocols import segserve_pb2 as pb
 from deployments.protocols import segserve_pb2_grpc as pb_grpc
-from deployments.protocols.convert import ERROR_CODE_METADATA_KEY
+from deployments.protocols.wire import ERROR_CODE_METADATA_KEY
 from tests.images import jpeg
 from tests.integration.conftest import GRPC_SERVICER, free_port
 

@@ -39,7 +39,7 @@ def test_all_four_clients_return_the_same_result(served: Served) -> None:
     for other in results[1:]:
         assert other.labels is not None and np.array_equal(other.labels, first.labels)
         assert other.classes == first.classes and other.model == first.model
-        assert set(other.timings_ms) == {"decode", "queue", "inference", "encode", "total"}
+        assert set(other.timings.to_dict()) == {"decode", "queue", "inference", "encode", "total"}
 
 
 def test_options_pass_through(served: Served, tmp_path) -> None:

@@ -14,10 +14,13 @@ import pytest
 from PIL import Image
 
 from clients.grpc_client import CHANNEL_OPTIONS
-from deployments.pipeline.outputs import decode_label_png
 from deployments.protocols import segserve_pb2 as pb
 from deployments.protocols import segserve_pb2_grpc as pb_grpc
-from deployments.protocols.convert import BUDGET_METADATA_KEY, ERROR_CODE_METADATA_KEY
+from deployments.protocols.wire import (
+    BUDGET_METADATA_KEY,
+    ERROR_CODE_METADATA_KEY,
+    decode_label_png,
+)
 from tests.images import jpeg
 from tests.integration.conftest import MAX_REQUEST_BYTES, Served
 from tests.integration.test_http_api import BAD_INPUTS

@@ -11,7 +11,7 @@ import pytest
 
 from deployments.adapters.hf_segformer import HFSegformerAdapter
 from deployments.pipeline.imaging import ImageLimits, decode_image, fit_within, resize_labels
-from deployments.pipeline.outputs import decode_label_png
+from deployments.protocols.wire import decode_label_png
 from tests.images import encode, jpeg, png_bomb, scene
 from tests.integration.conftest import MAX_REQUEST_BYTES, Served
 

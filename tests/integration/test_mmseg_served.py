@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from clients.grpc_client import CHANNEL_OPTIONS
-from deployments.pipeline.outputs import decode_label_png
 from deployments.protocols import segserve_pb2 as pb
 from deployments.protocols import segserve_pb2_grpc as pb_grpc
+from deployments.protocols.wire import decode_label_png
 from tests.images import jpeg
 from tests.integration.conftest import Served
 

@@ -15,9 +15,9 @@ from ray import serve
 from clients.grpc_client import CHANNEL_OPTIONS
 from deployments.config import deployment_name
 from deployments.pipeline.imaging import ImageLimits, decode_image
-from deployments.pipeline.outputs import decode_label_png
 from deployments.protocols import segserve_pb2 as pb
 from deployments.protocols import segserve_pb2_grpc as pb_grpc
+from deployments.protocols.wire import decode_label_png
 from tests.images import encode, jpeg, scene
 from tests.integration.conftest import Served
 

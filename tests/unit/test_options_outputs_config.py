@@ -10,7 +10,8 @@ import pytest
 from deployments.config import ConfigError, load_serve_config, parse_args
 from deployments.pipeline.errors import ErrorKind, InvalidParameter, SegServeError, UnknownModel
 from deployments.pipeline.options import parse_options
-from deployments.pipeline.outputs import class_table, decode_label_png, encode_label_png
+from deployments.pipeline.outputs import class_table, encode_label_png
+from deployments.protocols.wire import decode_label_png
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import math
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from deployments.adapters.base import plan_device
-from deployments.config import BatchingConfig, ModelConfig
+from deployments.adapters.device import plan_device
+from deployments.config import BatchingConfig, GatewayConfig, ModelConfig, RoutingConfig
+from deployments.contract import LatencySample, ModelCard, Prediction
 from deployments.model_core import LocalEndpoint, ModelCore
 from deployments.pipeline.errors import DeadlineExceeded, InvalidParameter
-from deployments.pipeline.imaging import ImageLimits
-from deployments.pipeline.latency import LatencySample, LinearLatency, QueueState, queue_wait_ms
+from deployments.pipeline.imaging import InputSpec
+from deployments.pipeline.latency import LinearLatency, QueueState, queue_wait_ms
 from deployments.pipeline.options import parse_options
-from deployments.pipeline.routing import Candidate, choose, explicit
-from deployments.pipeline.service import RoutingSettings, SegmentationService, peek_size
+from deployments.pipeline.routing import Candidate, Router, choose, explicit
+from deployments.pipeline.service import SegmentationService, peek_size
 from tests.images import jpeg
 from tests.tiny_models import save_tiny_segformer
 
@@ -164,6 +167,108 @@ def test_peek_size_reads_the_header_only() -> None:
     assert peek_size(b"not an image") is None
 
 
+# ------------------------------------------------------------------ the router, on recorded samples
+
+SIDE = 384
+SPEC = InputSpec(size=(SIDE, SIDE))
+#: Batch times as recorded from a laptop core (pixels, ms): the fast and the accurate model.
+FAST_WARMUP = (LatencySample(SIDE * SIDE, 40.0), LatencySample(2 * SIDE * SIDE, 70.0))
+SLOW_WARMUP = (LatencySample(SIDE * SIDE, 400.0), LatencySample(2 * SIDE * SIDE, 780.0))
+
+
+def recorded_card(name: str, warmup: tuple[LatencySample, ...]) -> ModelCard:
+    return ModelCard(name, "hf_segformer", "random", None, ["a", "b"], SPEC, warmup)
+
+
+def recorded_router(**routing: Any) -> tuple[Router, dict[str, ModelCard]]:
+    batching = BatchingConfig(max_batch_size=2, max_batch_pixels=2 * SIDE * SIDE)
+    models = {
+        name: ModelConfig(
+            name=name, framework="hf_segformer", source="x", quality=q, batching=batching
+        )
+        for name, q in (("fast", 10.0), ("slow", 40.0))
+    }
+    clock = iter(range(10**6))
+    router = Router(RoutingConfig(**routing), models, "fast", clock=lambda: float(next(clock)))
+    cards = {"fast": recorded_card("fast", FAST_WARMUP), "slow": recorded_card("slow", SLOW_WARMUP)}
+    return router, cards
+
+
+def batch(name: str, pixels: int, ms: float, batch_id: str) -> Prediction:
+    return Prediction(
+        labels=np.zeros((1, 1), np.uint8), queue_ms=0.0, inference_ms=ms, batch_size=1,
+        batch_pixels=pixels, batch_id=batch_id,
+    )  # fmt: skip
+
+
+def test_budgets_choose_between_a_fast_and_an_accurate_model() -> None:
+    router, cards = recorded_router()
+    fast_ms = router.predict_ms(cards["fast"], (320, 240))
+    slow_ms = router.predict_ms(cards["slow"], (320, 240))
+    assert fast_ms < slow_ms
+    loose = router.choose(cards, (320, 240), 60_000, strict=False)
+    assert (loose.name, loose.chosen_by, loose.fits) == ("slow", "budget", True)
+    tight = router.choose(cards, (320, 240), (fast_ms + slow_ms) / 2, strict=False)
+    assert (tight.name, tight.chosen_by) == ("fast", "budget")
+    late = router.choose(cards, (320, 240), fast_ms * 0.9, strict=False)
+    assert (late.name, late.chosen_by, late.fits) == ("fast", "fastest", False)
+    with pytest.raises(DeadlineExceeded) as raised:
+        router.choose(cards, (320, 240), fast_ms * 0.9, strict=True)
+    assert raised.value.code == "budget_unreachable"
+    assert router.choose(cards, (320, 240), None, strict=False).chosen_by == "default"
+
+
+def test_a_model_without_quality_or_with_other_labels_is_never_chosen_by_budget() -> None:
+    router, cards = recorded_router()
+    other = {**cards, "slow": ModelCard("slow", "mmseg", "random", None, ["x"], SPEC, SLOW_WARMUP)}
+    assert router.candidates(other) == ["fast"]
+    assert router.choose(other, (320, 240), 60_000, strict=False).name == "fast"
+
+
+def test_routing_estimates_learn_from_served_batches() -> None:
+    """The fit follows the batches replicas report (each batch counted once)."""
+    router, cards = recorded_router(half_life=1000.0)
+    slow = cards["slow"]
+    for i, pixels in enumerate((SIDE * SIDE, 2 * SIDE * SIDE) * 10):
+        prediction = batch("slow", pixels, 100.0 + pixels / 1000, f"b{i}")
+        for _ in range(2):  # two requests of one batch: one sample
+            router.observe(slow, prediction, 150.0, 0.0, 640 * 480, 30.0)
+    info = router.info("slow")
+    assert info["service"]["samples"] == 20
+    assert info["service"]["ms_per_megapixel"] == pytest.approx(1000, rel=0.05)
+    assert info["service"]["fixed_ms"] == pytest.approx(100, rel=0.1)
+    assert info["in_flight"] == {"requests": 0, "pixels": 0}
+    with router.in_flight(slow, SIDE * SIDE):
+        assert router.info("slow")["in_flight"] == {"requests": 1, "pixels": SIDE * SIDE}
+        assert router.queue_ms(slow) > 0
+    assert router.queue_ms(slow) == 0
+
+
+def test_shared_compute_counts_other_models_work_and_stops_upgrades_when_busy() -> None:
+    router, cards = recorded_router(shared_compute=True, max_upgrade_utilization=0.5)
+    with router.in_flight(cards["slow"], SIDE * SIDE):
+        assert router.queue_ms(cards["fast"]) > 0  # one machine: slow's work delays fast
+    assert router.choose(cards, (320, 240), 60_000, strict=False).name == "slow"  # idle
+    for i in range(8):  # 8 s of model time within the 10 s window: busy
+        router.observe(cards["slow"], batch("slow", SIDE * SIDE, 1000.0, f"b{i}"), 1, 0, 1, 1)
+    assert router.utilization() > 0.5
+    busy = router.choose(cards, (320, 240), 60_000, strict=False)
+    assert (busy.name, busy.chosen_by) == ("fast", "budget")
+
+
+@settings(deadline=None)
+@given(candidate_lists, times)
+def test_without_upgrades_the_fastest_fitting_model_answers(
+    candidates: list[Candidate], budget: float
+) -> None:
+    choice = choose(candidates, budget, "m0", upgrade=False)
+    fitting = [c for c in candidates if c.predicted_ms <= budget]
+    if fitting:
+        assert choice.fits and choice.predicted_ms == min(c.predicted_ms for c in fitting)
+    else:
+        assert choice == choose(candidates, budget, "m0")
+
+
 # ------------------------------------------------------------------ the service, in-process
 
 
@@ -189,92 +294,41 @@ def two_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelCore]
 @pytest.fixture(scope="module")
 def routed(two_models: dict[str, ModelCore]) -> SegmentationService:
     endpoints = {name: LocalEndpoint(core) for name, core in two_models.items()}
-    return SegmentationService(endpoints, "fast", ImageLimits())
+    return SegmentationService(
+        endpoints, [c.config for c in two_models.values()], GatewayConfig(default_model="fast")
+    )
 
 
-def test_warm_up_seeds_every_models_latency_fit(two_models: dict[str, ModelCore]) -> None:
-    for core in two_models.values():
-        assert len(core.card().warmup) == 2
-    fast, slow = (two_models[n].card().warmup[0].ms for n in ("fast", "slow"))
-    assert slow > fast  # 36x the pixels
+def test_warm_up_times_batches_of_growing_size(two_models: dict[str, ModelCore]) -> None:
+    for side, core in zip((64, 384), two_models.values(), strict=True):
+        warmup = core.card().warmup
+        assert [s.pixels for s in warmup] == [side * side, 2 * side * side]
+        assert all(s.ms > 0 for s in warmup)
 
 
-def test_budgets_choose_between_a_fast_and_an_accurate_model(
-    routed: SegmentationService, two_models: dict[str, ModelCore]
-) -> None:
+def test_the_service_routes_by_budget_and_reports_how(routed: SegmentationService) -> None:
     image = jpeg(320, 240, seed=5)
     loose = asyncio.run(routed.segment(image, parse_options(budget_ms="60000")))
-    assert loose.model == "slow" and loose.budget["chosen_by"] == "budget"
-    assert loose.budget["met"] is True and loose.budget["budget_ms"] == 60000
-
-    cards = {n: c.card() for n, c in two_models.items()}
-    fast_ms = routed.predict_ms(cards["fast"], (320, 240))
-    slow_ms = routed.predict_ms(cards["slow"], (320, 240))
-    assert fast_ms < slow_ms
-    tight = asyncio.run(
-        routed.segment(image, parse_options(budget_ms=str((fast_ms + slow_ms) / 2)))
-    )
-    assert tight.model == "fast" and tight.budget["chosen_by"] == "budget"
-
+    assert loose.model == "slow" and loose.budget.chosen_by == "budget"
+    assert loose.budget.met is True and loose.budget.budget_ms == 60000
     default = asyncio.run(routed.segment(image, parse_options()))
-    assert default.model == "fast" and default.budget["chosen_by"] == "default"
-    assert default.budget["met"] is None
+    assert default.model == "fast" and default.budget.chosen_by == "default"
+    assert default.budget.met is None
+    named = asyncio.run(routed.segment(image, parse_options(model="slow", budget_ms="60000")))
+    assert named.model == "slow" and named.budget.chosen_by == "explicit"
+    info = routed.router.info("slow")
+    assert info["service"]["samples"] == 2 and info["in_flight"] == {"requests": 0, "pixels": 0}
 
 
-def test_an_unreachable_budget_gets_the_fastest_or_a_strict_rejection_without_queueing(
+def test_strict_and_spent_budgets_are_answered_without_running(
     routed: SegmentationService, two_models: dict[str, ModelCore]
 ) -> None:
-    image = jpeg(320, 240, seed=6)
-    fast_ms = routed.predict_ms(two_models["fast"].card(), (320, 240))
-    below_all = str(fast_ms * 0.9)  # under every prediction, but time enough to run
-    late = asyncio.run(routed.segment(image, parse_options(budget_ms=below_all)))
-    assert late.model == "fast" and late.budget["chosen_by"] == "fastest"
-    assert late.budget["predicted_ms"] > late.budget["budget_ms"]
-    assert late.budget["met"] is (late.timings_ms["total"] <= late.budget["budget_ms"])
-
+    image = jpeg(1600, 1200, seed=6)
     ran = {n: c.stats["requests"] + c.stats["expired"] for n, c in two_models.items()}
-    with pytest.raises(DeadlineExceeded) as raised:
-        asyncio.run(routed.segment(image, parse_options(budget_ms=below_all, strict="true")))
+    with pytest.raises(DeadlineExceeded) as raised:  # below the 20 ms decode prior alone
+        asyncio.run(routed.segment(image, parse_options(budget_ms="1", strict="true")))
     assert raised.value.code == "budget_unreachable"
-    assert {n: c.stats["requests"] + c.stats["expired"] for n, c in two_models.items()} == ran
     # A budget used up before the model can start is answered with the timeout, not run.
     with pytest.raises(DeadlineExceeded, match="used up before the model could run"):
-        asyncio.run(routed.segment(image, parse_options(budget_ms="0.5")))
+        asyncio.run(routed.segment(image, parse_options(budget_ms="0.01")))
     assert {n: c.stats["requests"] + c.stats["expired"] for n, c in two_models.items()} == ran
-
-
-def test_routing_estimates_learn_from_served_batches(routed: SegmentationService) -> None:
-    asyncio.run(routed.segment(jpeg(200, 200, seed=9), parse_options(model="slow")))
-    info = routed.routing_info("slow")
-    assert info["service"]["samples"] >= 1
-    assert info["service"]["ms_per_megapixel"] > 0
-    assert info["in_flight"] == {"requests": 0, "pixels": 0}
-
-
-@settings(deadline=None)
-@given(candidate_lists, times)
-def test_without_upgrades_the_fastest_fitting_model_answers(
-    candidates: list[Candidate], budget: float
-) -> None:
-    choice = choose(candidates, budget, "m0", upgrade=False)
-    fitting = [c for c in candidates if c.predicted_ms <= budget]
-    if fitting:
-        assert choice.fits and choice.predicted_ms == min(c.predicted_ms for c in fitting)
-    else:
-        assert choice == choose(candidates, budget, "m0")
-
-
-def test_busy_shared_compute_stops_upgrades(two_models: dict[str, ModelCore]) -> None:
-    endpoints = {name: LocalEndpoint(core) for name, core in two_models.items()}
-    shared = SegmentationService(
-        endpoints,
-        "fast",
-        ImageLimits(),
-        routing=RoutingSettings(shared_compute=True, max_upgrade_utilization=0.0),
-    )
-    image = jpeg(320, 240, seed=8)
-    first = asyncio.run(shared.segment(image, parse_options(budget_ms="60000")))
-    assert first.model == "slow"  # idle: the best model that fits
-    assert shared.utilization() > 0
-    busy = asyncio.run(shared.segment(image, parse_options(budget_ms="60000")))
-    assert busy.model == "fast" and busy.budget["chosen_by"] == "budget"

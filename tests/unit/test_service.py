@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from deployments.adapters.base import plan_device
-from deployments.config import BatchingConfig, ModelConfig
+from deployments.adapters.device import plan_device
+from deployments.config import BatchingConfig, GatewayConfig, ModelConfig
+from deployments.contract import PredictRequest
 from deployments.model_core import LocalEndpoint, ModelCore
 from deployments.pipeline.errors import DeadlineExceeded, UnknownModel
-from deployments.pipeline.imaging import ImageLimits
 from deployments.pipeline.options import parse_options
-from deployments.pipeline.outputs import decode_label_png
-from deployments.pipeline.service import PredictRequest, SegmentationService
+from deployments.pipeline.service import SegmentationService
+from deployments.protocols.wire import SegmentResult, decode_label_png
 from tests.images import jpeg, scene
 
 
@@ -35,7 +36,7 @@ def core(tiny_segformer_dir: Path) -> ModelCore:
 
 @pytest.fixture(scope="module")
 def service(core: ModelCore) -> SegmentationService:
-    return SegmentationService({"tiny": LocalEndpoint(core)}, "tiny", ImageLimits())
+    return SegmentationService({"tiny": LocalEndpoint(core)}, [core.config], GatewayConfig())
 
 
 def test_a_6000x4000_photo_gets_a_6000x4000_mask_from_a_bounded_model_input(
@@ -57,6 +58,7 @@ def test_a_6000x4000_photo_gets_a_6000x4000_mask_from_a_bounded_model_input(
     assert core.stats["largest_input_pixels"] == 128 * 128
     body = result.to_json()
     assert body["weights"] == "pretrained" and "warning" not in body
+    assert SegmentResult.from_json(body) == result
     assert base64.b64decode(body["mask"]["data"]) == result.mask_png
     assert set(body["timings_ms"]) == {"decode", "queue", "inference", "encode", "total"}
 
@@ -79,13 +81,67 @@ def test_unknown_model_is_404_before_any_decoding(service: SegmentationService) 
 
 def test_expired_requests_are_answered_without_running(core: ModelCore) -> None:
     before = dict(core.stats)
-    expired = PredictRequest(scene(128, 128), (10, 10), deadline=time.time() - 0.01)
-    live = PredictRequest(scene(128, 128), (10, 10), deadline=time.time() + 60)
+    expired = PredictRequest(scene(128, 128), (10, 10), budget_ms=0.0)
+    live = PredictRequest(scene(128, 128), (10, 10), budget_ms=60_000)
     late, done = core.run_batch([expired, live])
     assert isinstance(late, DeadlineExceeded) and late.kind.http_status == 504
     assert not isinstance(done, Exception) and done.batch_size == 1
     assert core.stats["expired"] == before["expired"] + 1
     assert core.stats["requests"] == before["requests"] + 1
+
+
+def skewed(offset_s: float) -> Callable[[], float]:
+    return lambda: time.monotonic() + offset_s
+
+
+@pytest.mark.parametrize("skew_s", [-600.0, 600.0])
+def test_a_replica_with_a_skewed_clock_still_honours_the_budget(
+    tiny_segformer_dir: Path, skew_s: float
+) -> None:
+    """Budgets travel as milliseconds left, so the replica's clock never has to agree
+    with the gateway's: ten minutes ahead or behind, a live request runs and a spent
+    one is dropped."""
+    config = ModelConfig(
+        name="tiny", framework="hf_segformer", source=str(tiny_segformer_dir), warmup_batches=0
+    )
+    core = ModelCore(config, plan_device(0, 1, None), clock=skewed(skew_s))
+    service = SegmentationService({"tiny": LocalEndpoint(core)}, [config], GatewayConfig())
+    result = asyncio.run(service.segment(jpeg(64, 48), parse_options(budget_ms="60000")))
+    assert result.budget.met is True and core.stats["expired"] == 0
+    (dropped,) = core.run_batch([PredictRequest(scene(32, 32), (8, 8), budget_ms=0.0)])
+    assert isinstance(dropped, DeadlineExceeded)
+    assert core.stats["expired"] == 1 and core.stats["requests"] == 1
+
+
+def test_each_answer_names_the_weights_of_the_replica_that_ran_it(
+    core: ModelCore, tiny_segformer_dir: Path
+) -> None:
+    """Two replicas of one model, one with the checkpoint and one on random weights
+    (``weights: auto`` on nodes with and without it cached): the card comes from the
+    first, every answer from whichever replica ran it."""
+    random_replica = ModelCore(
+        core.config.model_copy(update={"weights": "random"}),
+        plan_device(0, 1, None),
+    )
+    assert (core.adapter.weights, random_replica.adapter.weights) == ("pretrained", "random")
+
+    class TwoReplicas(LocalEndpoint):
+        def __init__(self) -> None:
+            super().__init__(core)
+            self.replicas = [LocalEndpoint(core), LocalEndpoint(random_replica)]
+            self.calls = 0
+
+        async def predict(self, request: PredictRequest):  # type: ignore[no-untyped-def]
+            self.calls += 1
+            return await self.replicas[self.calls % 2].predict(request)
+
+    service = SegmentationService({"tiny": TwoReplicas()}, [core.config], GatewayConfig())
+    image = jpeg(64, 48)
+    answers = [asyncio.run(service.segment(image, parse_options())) for _ in range(2)]
+    assert [a.weights for a in answers] == ["random", "pretrained"]
+    assert answers[0].warning and "random weights" in answers[0].warning
+    assert answers[1].warning is None
+    assert answers[0].to_json()["weights"] == "random" and "warning" in answers[0].to_json()
 
 
 def test_a_tiny_budget_is_a_deadline_error(service: SegmentationService) -> None:
