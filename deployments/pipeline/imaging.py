@@ -297,18 +297,19 @@ def _decode_bytes(
     """Upper estimate of a full-size decode's peak memory (what :func:`decode_image` allocates).
 
     The stored image, plus what the conversion to RGB allocates at full size (see
-    :func:`_to_model_pixels`), plus decoder state: libjpeg keeps every DCT
+    :func:`_flatten`; an OpenCV resize's numpy copy is added by the decode, which
+    knows the model), plus decoder state: libjpeg keeps every DCT
     coefficient (2 bytes a sample) of a progressive frame, libwebp two RGBA canvases,
     libtiff one tile.
     """
-    if mode == "RGB":
-        working = 3  # OpenCV resizes take a numpy copy
-    elif mode == "L" or mode.startswith("I;16") or mode in ("I", "F"):
-        working = 2  # an 8-bit grey buffer (and its numpy copy for OpenCV)
-    elif mode in ("RGBA", "RGBa"):
-        working = 4 + 3  # the white background it is composited on
+    if mode in ("RGB", "L"):
+        working = 0  # resized as they are
+    elif mode.startswith("I;16") or mode in ("I", "F"):
+        working = 1  # the 8-bit grey image, filled in row blocks
+    elif mode == "RGBA":
+        working = 4  # the white background it is composited on
     else:
-        working = 4 + 4 + 3  # a conversion to RGBA or RGB first
+        working = 4 + 4  # a conversion to RGBA (or RGB) first, then the background
     decoder = 0
     if fmt in ("JPEG", "MPO") and progressive:
         decoder = 2 * max(1, len(mode) if mode in ("RGB", "CMYK", "L", "YCbCr") else 3)
@@ -334,7 +335,7 @@ def decode_image(
         header = probe_image(data, limits)
     image = _open(data, limits, [_OPENERS.get(header.format, header.format)])
     try:
-        return _decode(image, header, spec, started)
+        return _decode(image, header, spec, limits, started)
     except SegServeError:
         raise
     except MemoryError as e:
@@ -348,7 +349,7 @@ def decode_image(
 
 
 def _decode(
-    image: Image.Image, header: ImageHeader, spec: InputSpec, started: float
+    image: Image.Image, header: ImageHeader, spec: InputSpec, limits: ImageLimits, started: float
 ) -> DecodedImage:
     if image.size != (header.width, header.height) or image.format != header.format:
         raise CorruptImage("the image header changed between probe and decode")
@@ -365,6 +366,13 @@ def _decode(
             image.draft("RGB", stored_target)
         image.load()
     decoded_size = image.size
+    if spec.backend == "cv2":  # OpenCV works on a numpy copy of the full-size image
+        needed = header.decode_bytes + 3 * decoded_size[0] * decoded_size[1]
+        if needed > limits.max_decode_bytes:
+            raise DecodeMemoryExceeded(
+                f"resizing this {decoded_size[0]}x{decoded_size[1]} image with OpenCV needs "
+                f"about {needed >> 20} MiB; the limit is {limits.max_decode_bytes >> 20} MiB"
+            )
     pixels = _to_model_pixels(image, spec, stored_target)
     if orientation not in (None, 1):
         method = _ORIENTATION_TRANSPOSE[orientation]

@@ -241,7 +241,7 @@ def _check_webp(data: bytes, limits: ImageLimits) -> None:
 def _check_bmp(data: bytes, limits: ImageLimits) -> None:
     if len(data) < 34:
         return
-    offset, header_size, width, height = struct.unpack_from("<I4xIii", data, 10)
+    offset, header_size, width, height = struct.unpack_from("<IIii", data, 10)
     if header_size < 40:
         return  # OS/2 headers have no compression field
     (compression,) = struct.unpack_from("<I", data, 30)
