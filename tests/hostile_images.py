@@ -150,10 +150,11 @@ def jpeg_segments(data: bytes) -> tuple[bytes, list[bytes], bytes]:
 # ------------------------------------------------------------------ hostile inputs
 
 
-def progressive_scan_bomb(repeats: int = 300) -> bytes:
-    """A progressive JPEG whose last scan is repeated: each copy is a pass over the image."""
-    data = encode(scene(256, 256), "JPEG", quality=90, progressive=True)
-    head, scans, tail = jpeg_segments(data)
+def progressive_scan_bomb(repeats: int = 2000, side: int = 1024) -> bytes:
+    """A progressive JPEG whose last scan is repeated: each copy is a few dozen bytes (the
+    flat image's refinement is all end-of-band runs) and a pass over every block."""
+    flat = Image.new("RGB", (side, side), (120, 130, 140))
+    head, scans, tail = jpeg_segments(encode(flat, "JPEG", quality=90, progressive=True))
     return head + b"".join(scans) + scans[-1] * repeats + tail
 
 
