@@ -229,7 +229,7 @@ def png_broken_iccp_after_idat() -> bytes:
     """A valid PNG with an empty (so damaged) iCCP chunk after its image data (81 bytes):
     Pillow reads it when it finishes loading, and fails with an IndexError."""
     chunks = split_png(encode(Image.new("L", (1, 1), 0), "PNG"))
-    return join_png(chunks[:-1] + [(b"iCCP", b"")] + chunks[-1:])
+    return join_png([*chunks[:-1], (b"iCCP", b""), *chunks[-1:]])
 
 
 # ------------------------------------------------------------------ classes that behaved
@@ -309,7 +309,7 @@ def _orientation_cases() -> list[HostileCase]:
                 200,
                 None,
                 size=size,
-            )  # fmt: skip
+            )
         )
     return cases
 
@@ -331,7 +331,7 @@ CASES: list[HostileCase] = [
         400,
         "ppm_header_too_large",
         formats=frozenset({"PPM", "PNG"}),
-    ),  # fmt: skip
+    ),
     HostileCase("png_16bit_100mp", png_16bit_100mp, 200, None, heavy=True, size=(10_000, 10_000)),
     HostileCase("tiff_float_100mp", tiff_float_100mp, 200, None, heavy=True, size=(10_000, 10_000)),
     HostileCase("png_rgba_100mp", png_rgba_100mp, 200, None, heavy=True, size=(10_000, 10_000)),

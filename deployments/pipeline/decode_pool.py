@@ -255,4 +255,3 @@ class DecodePool:
             decoded_size=(int(meta["decoded_size"][0]), int(meta["decoded_size"][1])),
             decode_ms=meta["decode_ms"],
         )
-
