@@ -117,3 +117,27 @@ class InternalError(SegServeError):
 
 class ModelLoadError(Exception):
     """A model could not be loaded at start-up. Not a client error: it stops the replica."""
+
+
+class ImageStructureRejected(CorruptImage):
+    """The image breaks a structural rule checked before decoding (scan counts, chunk counts,
+    tile sizes...): cheap to detect, expensive to decode. The code names the rule."""
+
+    code = "image_structure"
+
+
+class DecodeMemoryExceeded(ImageTooLarge):
+    """Decoding the image would need more memory than ``max_decode_bytes`` allows."""
+
+    code = "decode_memory_exceeded"
+
+
+class DecodeTimeout(CorruptImage):
+    """The decode ran past its deadline and its worker was killed.
+
+    A 400, not a 503: the structural pre-checks bound what a legitimate image costs, so an
+    image that still decodes past the deadline is treated as hostile, and a 503 would invite
+    clients to retry it.
+    """
+
+    code = "decode_timeout"
