@@ -88,7 +88,7 @@ def test_touching_classes_and_classes_at_the_border() -> None:
 def test_whole_image_class_stays_inside_the_unit_square() -> None:
     labels = np.full((4, 6), 3, np.uint8)
     (only,) = class_contours(labels, NAMES)
-    values = np.array(only.to_dict()["contours"][0]["coordinates"])
+    values = only.contours[0].coordinates
     assert values.min() > 0 and values.max() < 1
     assert only.area == 1.0
     assert only.centroid == pytest.approx((0.5, 0.5))

@@ -176,7 +176,7 @@ def test_model_palette_wins_and_short_palettes_are_completed() -> None:
     palette = resolve_palette(5, model_palette=[[1, 2, 3], [4, 5, 6]], dataset="ade20k")
     assert palette[:2].tolist() == [[1, 2, 3], [4, 5, 6]]
     assert palette[2:].tolist() == generated_palette(5)[2:].tolist()
-    with pytest.raises(ValueError, match="0..255"):
+    with pytest.raises(ValueError, match=r"0\.\.255"):
         resolve_palette(2, model_palette=[[0, 0, 256]])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def shapes() -> np.ndarray:
 @pytest.mark.parametrize("labels", [shapes(), np.random.default_rng(1).integers(0, 3, (64, 33))])
 def test_every_class_decodes_back_to_its_exact_mask(labels: np.ndarray) -> None:
     labels = labels.astype(np.uint8)
-    entries = [e.to_dict() for e in class_rle(labels, NAMES)]
+    entries: list[dict[str, Any]] = [e.to_dict() for e in class_rle(labels, NAMES)]
     assert {e["id"] for e in entries} == set(np.unique(labels).tolist())
     for entry in entries:
         assert entry["size"] == [labels.shape[0], labels.shape[1]]
