@@ -131,6 +131,8 @@ def region_contours(
     *,
     simplify_px: float = 0.0,
     dense: bool = False,
+    origin: tuple[int, int] = (0, 0),
+    frame: tuple[int, int] | None = None,
 ) -> list[Contour]:
     """Outer contours of the regions of a 2-D boolean/uint8 mask, largest first.
 
@@ -138,11 +140,13 @@ def region_contours(
     area and centroid are always those of the unsimplified contour. ``dense`` keeps
     every boundary pixel (``CHAIN_APPROX_NONE``, as the IMAGE preprocessor returns);
     otherwise runs of collinear points are merged, which draws the same polygon.
+    ``mask`` may be a crop: ``origin`` is its top-left (x, y) in the label map and
+    ``frame`` the label map's (width, height), which coordinates are normalised by.
     """
-    height, width = mask.shape
+    height, width = mask.shape if frame is None else (frame[1], frame[0])
     binary = np.ascontiguousarray(mask, dtype=np.uint8)
     method = cv2.CHAIN_APPROX_NONE if dense else cv2.CHAIN_APPROX_SIMPLE
-    found, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, method)
+    found, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, method, offset=origin)
     scale = np.array([width, height], dtype=np.float64)
     pixel_area = float(width * height)
     contours = []
@@ -195,13 +199,16 @@ def class_contours(
     pixels = class_pixels(labels, width, height)
     # One tolerance for both axes: the geometric mean of the two scale factors.
     simplify_px = simplify * math.sqrt((mask_w * mask_h) / (width * height))
+    boxes = class_boxes(labels)
     result: list[ClassContours] = []
     for class_id in pixels.ranked():
         if max_classes is not None and len(result) >= max_classes:
             break
         contours = [
             contour
-            for contour in region_contours(labels == class_id, simplify_px=simplify_px, dense=dense)
+            for contour in class_region_contours(
+                labels, class_id, boxes, simplify_px=simplify_px, dense=dense
+            )
             if contour.area >= min_area
         ]
         if not contours:
@@ -216,6 +223,51 @@ def class_contours(
             )
         )
     return result
+
+
+def class_boxes(labels: np.ndarray) -> dict[int, tuple[int, int, int, int]]:
+    """Each present class's bounding box (x0, y0, x1, y1), ends exclusive.
+
+    Two bincounts over the map; contour search then scans only each class's box,
+    which for a photo's dozens of classes is a fraction of the map each.
+    """
+    height, width = labels.shape
+    if labels.size == 0:
+        return {}
+    classes = int(labels.max()) + 1
+    flat = labels.ravel().astype(np.int64)
+    in_row = np.bincount(np.repeat(np.arange(height), width) * classes + flat,
+                         minlength=height * classes).reshape(height, classes) > 0  # fmt: skip
+    in_col = np.bincount(np.tile(np.arange(width), height) * classes + flat,
+                         minlength=width * classes).reshape(width, classes) > 0  # fmt: skip
+    boxes = {}
+    for class_id in map(int, np.flatnonzero(in_row.any(axis=0))):
+        ys = np.flatnonzero(in_row[:, class_id])
+        xs = np.flatnonzero(in_col[:, class_id])
+        boxes[class_id] = (int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1)
+    return boxes
+
+
+def class_region_contours(
+    labels: np.ndarray,
+    class_id: int,
+    boxes: dict[int, tuple[int, int, int, int]],
+    *,
+    simplify_px: float = 0.0,
+    dense: bool = False,
+) -> list[Contour]:
+    """:func:`region_contours` of one class of a label map, searched within its box."""
+    if class_id not in boxes:
+        return []
+    x0, y0, x1, y1 = boxes[class_id]
+    height, width = labels.shape
+    return region_contours(
+        labels[y0:y1, x0:x1] == class_id,
+        simplify_px=simplify_px,
+        dense=dense,
+        origin=(x0, y0),
+        frame=(width, height),
+    )
 
 
 def class_name(names: Sequence[str], class_id: int) -> str:

@@ -34,7 +34,13 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from deployments.pipeline.contours import Contour, class_name, class_pixels, region_contours
+from deployments.pipeline.contours import (
+    Contour,
+    class_boxes,
+    class_name,
+    class_pixels,
+    class_region_contours,
+)
 from deployments.pipeline.errors import MalformedRequest, PayloadTooLarge
 
 #: The name the orchestrator files this preprocessor's data under.
@@ -266,11 +272,12 @@ def segments(
     # Areas are fractions of the image, the same at the mask's size and the
     # original's: the pixel threshold becomes a fraction of the original.
     min_contour_area = rules.min_contour_pixels / (width * height)
+    boxes = class_boxes(labels)
     result: list[dict[str, object]] = []
     for class_id in class_pixels(labels, width, height).ranked()[: rules.max_segments]:
         kept: list[Contour] = [
             contour
-            for contour in region_contours(labels == class_id, dense=True)
+            for contour in class_region_contours(labels, class_id, boxes, dense=True)
             if contour.area > 0 and contour.area >= min_contour_area
         ]
         total = sum(contour.area for contour in kept)

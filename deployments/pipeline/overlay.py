@@ -15,6 +15,7 @@ level of ``(1 - alpha) * photo + alpha * colour`` in between.
 
 from __future__ import annotations
 
+import functools
 import io
 import sys
 from collections.abc import Sequence
@@ -111,7 +112,7 @@ def overlay_image(
     ``photo`` is the decoded image (H, W, 3 uint8, any bounded size), ``labels``
     the server's label map, ``size`` the original (width, height) (default: the
     photo's). The picture is ``size`` scaled down to at most ``max_pixels``; the
-    photo is resized to it (bilinear) when it differs, so pass a photo at least
+    photo is resized to it (area-averaged) when it differs, so pass a photo at least
     that large for a sharp result. ``legend_names`` (the model's class names)
     adds a legend of the classes present; None draws none.
     """
@@ -125,11 +126,12 @@ def overlay_image(
     if (out_w, out_h) == (photo.shape[1], photo.shape[0]):
         picture = blend_labels(photo, labels, palette, alpha)
     else:
-        resized = np.array(
-            Image.fromarray(photo).resize(
-                (out_w, out_h), Image.Resampling.BILINEAR, reducing_gap=3.0
-            ),
-            dtype=np.uint8,
+        # Area averaging when shrinking (no aliasing, and OpenCV's is several times
+        # faster than Pillow's on a large photo); bilinear when enlarging.
+        shrinking = out_w * out_h < photo.shape[0] * photo.shape[1]
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        resized = np.ascontiguousarray(
+            cv2.resize(np.ascontiguousarray(photo), (out_w, out_h), interpolation=interpolation)
         )
         picture = blend_labels(resized, labels, palette, alpha, out=resized)
     image = Image.fromarray(picture)
@@ -190,6 +192,7 @@ def draw_legend(image: Image.Image, entries: Sequence[tuple[str, tuple[int, int,
         draw.text((2 * pad + text_px, top), name, fill=(255, 255, 255), font=font)
 
 
+@functools.lru_cache(maxsize=8)
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)

@@ -195,3 +195,15 @@ def test_not_a_label_map_is_refused() -> None:
         class_contours(np.zeros((2, 2, 3), np.uint8), NAMES)
     with pytest.raises(ValueError, match="non-negative"):
         class_contours(np.zeros((2, 2), np.uint8), NAMES, min_area=-1)
+
+
+def test_searching_each_class_within_its_box_finds_the_same_contours() -> None:
+    rng = np.random.default_rng(5)
+    labels = np.zeros((60, 90), np.uint8)
+    for class_id in (1, 2, 3):
+        for _ in range(4):
+            y, x = rng.integers(0, 50), rng.integers(0, 80)
+            labels[y : y + rng.integers(1, 10), x : x + rng.integers(1, 10)] = class_id
+    for entry in class_contours(labels, NAMES, dense=True):
+        whole = region_contours(labels == entry.id, dense=True)
+        assert [c.to_dict() for c in entry.contours] == [c.to_dict() for c in whole]
