@@ -4,7 +4,8 @@ The label map is what the server holds for such a photo (627x418, the bounded
 size of a 640-pixel model; classes as smooth blobs, as a real segmentation
 looks), and the overlay is made at its configured maximum from a photo decoded
 near that size (what the gateway hands it), and once from a larger decode for
-comparison. Times are medians of ``--repeat`` runs; peak memory is Python's
+comparison. Times are medians of ``--repeat`` runs (wall and CPU time: on a
+shared machine the CPU time is the steadier figure); peak memory is Python's
 (tracemalloc, numpy buffers included) over one run. Prints JSON.
 
     python -m benchmarks.encoders [--repeat 7] [--max-pixels 2000000]
@@ -59,11 +60,12 @@ def photo(width: int, height: int, seed: int = 1) -> np.ndarray:
 
 def measure(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
     fn()  # warm caches and lazy imports
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeat):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         fn()
         times.append((time.perf_counter() - started) * 1000)
+        cpu_times.append((time.process_time() - cpu_started) * 1000)
     tracemalloc.start()
     try:
         fn()
@@ -73,6 +75,9 @@ def measure(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
     return {
         "median_ms": round(statistics.median(times), 2),
         "min_ms": round(min(times), 2),
+        # CPU time of this process: what the wall time would be on an idle core
+        # (more than it when OpenCV's resize/encode use several threads).
+        "cpu_median_ms": round(statistics.median(cpu_times), 2),
         "peak_mib": round(peak / 2**20, 2),
     }
 

@@ -72,8 +72,35 @@ class ClassContours:
             "name": self.name,
             "area": round(self.area, DECIMALS),
             "centroid": [round(self.centroid[0], DECIMALS), round(self.centroid[1], DECIMALS)],
-            "contours": [contour.to_dict() for contour in self.contours],
+            "contours": contours_to_dicts(self.contours),
         }
+
+
+def contours_to_dicts(contours: Sequence[Contour]) -> list[dict[str, object]]:
+    """``[c.to_dict() for c in contours]``, rounding all coordinates in one numpy call.
+
+    A photo's classes have hundreds of short contours; one call per contour
+    would cost more than finding them.
+    """
+    if not contours:
+        return []
+    rounded = np.round(np.concatenate([c.coordinates for c in contours]), DECIMALS).tolist()
+    result: list[dict[str, object]] = []
+    start = 0
+    for contour in contours:
+        stop = start + len(contour.coordinates)
+        result.append(
+            {
+                "coordinates": rounded[start:stop],
+                "centroid": [
+                    round(contour.centroid[0], DECIMALS),
+                    round(contour.centroid[1], DECIMALS),
+                ],
+                "area": round(contour.area, DECIMALS),
+            }
+        )
+        start = stop
+    return result
 
 
 @dataclass(frozen=True)
@@ -147,24 +174,24 @@ def region_contours(
     binary = np.ascontiguousarray(mask, dtype=np.uint8)
     method = cv2.CHAIN_APPROX_NONE if dense else cv2.CHAIN_APPROX_SIMPLE
     found, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, method, offset=origin)
-    scale = np.array([width, height], dtype=np.float64)
+    inverse_scale = np.array([1.0 / width, 1.0 / height])
     pixel_area = float(width * height)
     contours = []
+    # A photo's map has hundreds of contours: plain floats, no per-contour arrays but one.
     for points in found:
         moments = cv2.moments(points)
-        xy = points.reshape(-1, 2).astype(np.float64)
-        if moments["m00"] > 0:
-            centre = np.array([moments["m10"], moments["m01"]]) / moments["m00"]
+        enclosed = float(moments["m00"])
+        if enclosed > 0:
+            cx, cy = moments["m10"] / enclosed, moments["m01"] / enclosed
         else:  # a point or a line: it encloses nothing
-            centre = xy.mean(axis=0)
+            cx, cy = (float(v) for v in points.reshape(-1, 2).mean(axis=0))
         if simplify_px > 0:
-            xy = cv2.approxPolyDP(points, simplify_px, True).reshape(-1, 2).astype(np.float64)
-        cx, cy = (centre + 0.5) / scale
+            points = cv2.approxPolyDP(points, simplify_px, True)
         contours.append(
             Contour(
-                coordinates=(xy + 0.5) / scale,
-                area=abs(float(moments["m00"])) / pixel_area,
-                centroid=(float(cx), float(cy)),
+                coordinates=(points.reshape(-1, 2) + 0.5) * inverse_scale,
+                area=abs(enclosed) / pixel_area,
+                centroid=((cx + 0.5) / width, (cy + 0.5) / height),
             )
         )
     contours.sort(key=lambda contour: -contour.area)

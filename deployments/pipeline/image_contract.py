@@ -40,6 +40,7 @@ from deployments.pipeline.contours import (
     class_name,
     class_pixels,
     class_region_contours,
+    contours_to_dicts,
 )
 from deployments.pipeline.errors import MalformedRequest, PayloadTooLarge
 
@@ -287,7 +288,7 @@ def segments(
         result.append(
             {
                 "name": class_name(names, class_id),
-                "contours": [contour.to_dict() for contour in kept],
+                "contours": contours_to_dicts(kept),
                 "centroid": largest["centroid"],
                 "area": min(1.0, round(total, 6)),
             }
