@@ -23,17 +23,21 @@ install: $(STAMP) ## Create/refresh .venv (torch pinned to the CPU-sized 2.13.0 
 serve: $(STAMP) ## Start the service: HTTP :8000, gRPC :9000 (serve run serve_config.yaml)
 	$(BIN)/serve run serve_config.yaml
 
+# Each .proto and its stubs beside it (protoc -I . keeps the package path, so a _grpc stub
+# imports its messages as deployments.protocols[.oip]...).
 PROTO := deployments/protocols/segserve.proto
+OIP_PROTO := deployments/protocols/oip/open_inference_grpc.proto
+PROTOS := $(PROTO) $(OIP_PROTO)
+STUBS := $(foreach p,$(PROTOS),$(foreach s,_pb2.py _pb2.pyi _pb2_grpc.py,$(basename $(p))$(s)))
 PROTOC := $(BIN)/python -m grpc_tools.protoc -I .
 
-proto: $(STAMP) ## Regenerate the gRPC stubs (with .pyi) from the .proto
-	$(PROTOC) --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
+proto: $(STAMP) ## Regenerate the gRPC stubs (with .pyi) from the .proto files
+	$(PROTOC) --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 
 proto-check: $(STAMP) ## Fail when the checked-in gRPC stubs are stale
-	@tmp=$$(mktemp -d) && $(PROTOC) --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTO) \
-	  && for f in segserve_pb2.py segserve_pb2.pyi segserve_pb2_grpc.py; do \
-	       cmp -s $$tmp/deployments/protocols/$$f deployments/protocols/$$f \
-	       || { echo "deployments/protocols/$$f is stale: run 'make proto'"; rm -rf $$tmp; exit 1; }; \
+	@tmp=$$(mktemp -d) && $(PROTOC) --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTOS) \
+	  && for f in $(STUBS); do \
+	       cmp -s $$tmp/$$f $$f || { echo "$$f is stale: run 'make proto'"; rm -rf $$tmp; exit 1; }; \
 	     done; rm -rf $$tmp
 
 lint: $(STAMP) proto-check ## ruff (lint + format check), mypy, stale-stub check
