@@ -40,6 +40,18 @@ proto-check: $(STAMP) ## Fail when the checked-in gRPC stubs are stale
 	       cmp -s $$tmp/$$f $$f || { echo "$$f is stale: run 'make proto'"; rm -rf $$tmp; exit 1; }; \
 	     done; rm -rf $$tmp
 
+# The real v2 clients (tritonclient, kserve) pin protobuf < 7 and clash with segserve's stubs,
+# so they live in their own venv; tests run tests/oip_clients/*.py with it as subprocesses.
+CLIENTS_VENV := .venv-clients
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
+
+$(CLIENTS_STAMP): tests/oip_clients/requirements.txt
+	@test -x $(CLIENTS_VENV)/bin/python || $(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/oip_clients/requirements.txt
+	@touch $(CLIENTS_STAMP)
+
+clients-venv: $(CLIENTS_STAMP) ## Create .venv-clients with tritonclient and kserve (OIP client tests)
+
 lint: $(STAMP) proto-check ## ruff (lint + format check), mypy, stale-stub check
 	$(BIN)/ruff check deployments clients tests benchmarks
 	$(BIN)/ruff format --check deployments clients tests benchmarks
@@ -58,7 +70,7 @@ bench: $(STAMP) ## Benchmarks (JSON on stdout): overhead, photos, transports
 	$(BIN)/python -m benchmarks.photos --model paddleseg-ppliteseg-t-cityscapes
 	$(BIN)/python -m benchmarks.transports
 
-clean: ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+clean: ## Remove the virtual environments and caches
+	rm -rf $(VENV) $(CLIENTS_VENV) .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install serve proto proto-check lint format test bench clean
+.PHONY: help install clients-venv serve proto proto-check lint format test bench clean

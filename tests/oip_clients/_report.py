@@ -25,7 +25,9 @@ from PIL import Image
 
 def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--url", required=True, help="host:port (HTTP or gRPC), or http://host:port")
+    parser.add_argument(
+        "--url", required=True, help="host:port (HTTP or gRPC), or http://host:port"
+    )
     parser.add_argument("--image", required=True, type=Path, help="an image file to segment")
     parser.add_argument("--image2", type=Path, help="a second image (default: --image)")
     parser.add_argument("--model", default="segformer", help="a served model name")
@@ -50,7 +52,9 @@ class Report:
         self.out = out
         self.cases: dict[str, dict[str, Any]] = {}
 
-    def case(self, name: str, call: Callable[[], Any], error_status: Callable[[BaseException], Any]) -> None:
+    def case(
+        self, name: str, call: Callable[[], Any], error_status: Callable[[BaseException], Any]
+    ) -> None:
         try:
             self.cases[name] = {"ok": True, "value": call()}
         except Exception as e:  # the report says what every call did, errors included

@@ -58,7 +58,11 @@ def main() -> None:
 
     one = [bytes_input([encoded], [1])]
     c("infer_bytes_1", lambda: infer("infer_bytes_1", one), status)
-    c("infer_bytes_2x1", lambda: infer("infer_bytes_2x1", [bytes_input([encoded] * 2, [2, 1])]), status)
+    c(
+        "infer_bytes_2x1",
+        lambda: infer("infer_bytes_2x1", [bytes_input([encoded] * 2, [2, 1])]),
+        status,
+    )
     c("infer_bytes_2", lambda: infer("infer_bytes_2", [bytes_input([encoded] * 2, [2])]), status)
 
     def uint8():
@@ -68,7 +72,11 @@ def main() -> None:
         return [inp]
 
     c("infer_uint8", lambda: infer("infer_uint8", uint8()), status)
-    c("outputs_some", lambda: infer("outputs_some", one, outputs=outputs(["classes", "labels"])), status)
+    c(
+        "outputs_some",
+        lambda: infer("outputs_some", one, outputs=outputs(["classes", "labels"])),
+        status,
+    )
     c(
         "mixed_sizes_no_labels",
         lambda: infer(

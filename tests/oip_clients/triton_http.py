@@ -67,7 +67,11 @@ def main() -> None:
         lambda: infer("infer_bytes_2x1", [bytes_input([encoded, encoded], [2, 1])]),
         status,
     )
-    c("infer_bytes_2", lambda: infer("infer_bytes_2", [bytes_input([encoded, encoded], [2])]), status)
+    c(
+        "infer_bytes_2",
+        lambda: infer("infer_bytes_2", [bytes_input([encoded, encoded], [2])]),
+        status,
+    )
 
     def uint8(binary: bool) -> httpclient.InferInput:
         pixels = rgb_pixels(args.image)[np.newaxis]
@@ -84,7 +88,9 @@ def main() -> None:
     c("outputs_binary", lambda: infer("outputs_binary", one, outputs=outputs(all_binary)), status)
     c(
         "outputs_mixed",
-        lambda: infer("outputs_mixed", one, outputs=outputs([("labels", True), ("classes", False)])),
+        lambda: infer(
+            "outputs_mixed", one, outputs=outputs([("labels", True), ("classes", False)])
+        ),
         status,
     )
     for algorithm in ("gzip", "deflate"):
@@ -151,7 +157,9 @@ def main() -> None:
     )
     c(
         "err_mixed_sizes_labels",
-        lambda: infer("err", [bytes_input([encoded, encoded2], [2])], outputs=outputs([("labels", True)])),
+        lambda: infer(
+            "err", [bytes_input([encoded, encoded2], [2])], outputs=outputs([("labels", True)])
+        ),
         status,
     )
     client.close()
