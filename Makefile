@@ -23,18 +23,34 @@ install: $(STAMP) ## Create/refresh .venv (torch pinned to the CPU-sized 2.13.0 
 serve: $(STAMP) ## Start the service: HTTP :8000, gRPC :9000 (serve run serve_config.yaml)
 	$(BIN)/serve run serve_config.yaml
 
+# Each .proto and its stubs beside it (protoc -I . keeps the package path, so a _grpc stub
+# imports its messages as deployments.protocols[.oip]...).
 PROTO := deployments/protocols/segserve.proto
+OIP_PROTO := deployments/protocols/oip/open_inference_grpc.proto
+PROTOS := $(PROTO) $(OIP_PROTO)
+STUBS := $(foreach p,$(PROTOS),$(foreach s,_pb2.py _pb2.pyi _pb2_grpc.py,$(basename $(p))$(s)))
 PROTOC := $(BIN)/python -m grpc_tools.protoc -I .
 
-proto: $(STAMP) ## Regenerate the gRPC stubs (with .pyi) from the .proto
-	$(PROTOC) --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
+proto: $(STAMP) ## Regenerate the gRPC stubs (with .pyi) from the .proto files
+	$(PROTOC) --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 
 proto-check: $(STAMP) ## Fail when the checked-in gRPC stubs are stale
-	@tmp=$$(mktemp -d) && $(PROTOC) --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTO) \
-	  && for f in segserve_pb2.py segserve_pb2.pyi segserve_pb2_grpc.py; do \
-	       cmp -s $$tmp/deployments/protocols/$$f deployments/protocols/$$f \
-	       || { echo "deployments/protocols/$$f is stale: run 'make proto'"; rm -rf $$tmp; exit 1; }; \
+	@tmp=$$(mktemp -d) && $(PROTOC) --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTOS) \
+	  && for f in $(STUBS); do \
+	       cmp -s $$tmp/$$f $$f || { echo "$$f is stale: run 'make proto'"; rm -rf $$tmp; exit 1; }; \
 	     done; rm -rf $$tmp
+
+# The real v2 clients (tritonclient, kserve) pin protobuf < 7 and clash with segserve's stubs,
+# so they live in their own venv; tests run tests/oip_clients/*.py with it as subprocesses.
+CLIENTS_VENV := .venv-clients
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
+
+$(CLIENTS_STAMP): tests/oip_clients/requirements.txt
+	@test -x $(CLIENTS_VENV)/bin/python || $(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/oip_clients/requirements.txt
+	@touch $(CLIENTS_STAMP)
+
+clients-venv: $(CLIENTS_STAMP) ## Create .venv-clients with tritonclient and kserve (OIP client tests)
 
 lint: $(STAMP) proto-check ## ruff (lint + format check), mypy, stale-stub check
 	$(BIN)/ruff check deployments clients tests benchmarks
@@ -54,7 +70,7 @@ bench: $(STAMP) ## Benchmarks (JSON on stdout): overhead, photos, transports
 	$(BIN)/python -m benchmarks.photos --model paddleseg-ppliteseg-t-cityscapes
 	$(BIN)/python -m benchmarks.transports
 
-clean: ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+clean: ## Remove the virtual environments and caches
+	rm -rf $(VENV) $(CLIENTS_VENV) .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install serve proto proto-check lint format test bench clean
+.PHONY: help install clients-venv serve proto proto-check lint format test bench clean
