@@ -18,7 +18,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from deployments.adapters.base import DevicePlan, SegmentationAdapter, adapter_class
+from deployments.adapters.base import SegmentationAdapter
+from deployments.adapters.device import DevicePlan
+from deployments.adapters.registry import adapter_class
 from deployments.config import ModelConfig
 from deployments.pipeline.errors import DeadlineExceeded, SegServeError
 from deployments.pipeline.latency import LatencySample

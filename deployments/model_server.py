@@ -17,7 +17,8 @@ import ray
 from ray import serve
 from ray.serve import metrics
 
-from deployments.adapters.base import adapter_class, plan_device
+from deployments.adapters.device import plan_device
+from deployments.adapters.registry import adapter_class
 from deployments.config import ModelConfig
 from deployments.model_core import ModelCore
 from deployments.pipeline.errors import SegServeError

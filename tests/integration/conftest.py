@@ -13,7 +13,7 @@ import pytest
 import ray
 from ray import serve
 
-from deployments.adapters.base import plan_device
+from deployments.adapters.device import plan_device
 from deployments.adapters.hf_segformer import HFSegformerAdapter
 from deployments.app import build_app
 from deployments.config import AppArgs, ModelConfig, parse_args

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from transformers import SegformerForSemanticSegmentation
 
-from deployments.adapters.base import plan_device
+from deployments.adapters.device import plan_device
 from deployments.adapters.hf_segformer import HFSegformerAdapter
 from deployments.adapters.torch_common import candidate_classes, upsample_argmax
 from deployments.config import ModelConfig

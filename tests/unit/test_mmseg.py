@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("mmseg", reason="the mmseg extra is not installed")
 
-from deployments.adapters.base import plan_device
+from deployments.adapters.device import plan_device
 from deployments.adapters.mmseg import MMSegAdapter
 from deployments.config import ModelConfig
 from deployments.pipeline.errors import ModelLoadError

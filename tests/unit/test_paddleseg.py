@@ -14,7 +14,8 @@ import paddle
 from paddleseg.core import infer
 from paddleseg.transforms import Resize, ResizeByLong
 
-from deployments.adapters.paddleseg import PaddleSegAdapter, input_spec_and_normalize
+from deployments.adapters.paddleseg import PaddleSegAdapter
+from deployments.adapters.paddleseg_config import input_spec_and_normalize
 from deployments.config import ModelConfig
 from deployments.pipeline.errors import ModelLoadError
 from deployments.pipeline.imaging import ImageLimits, decode_image, fit_within, resize_labels

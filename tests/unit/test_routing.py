@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from deployments.adapters.base import plan_device
+from deployments.adapters.device import plan_device
 from deployments.config import BatchingConfig, ModelConfig
 from deployments.model_core import LocalEndpoint, ModelCore
 from deployments.pipeline.errors import DeadlineExceeded, InvalidParameter

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deployments.adapters.base import plan_device
+from deployments.adapters.device import plan_device
 from deployments.config import BatchingConfig, ModelConfig
 from deployments.model_core import LocalEndpoint, ModelCore
 from deployments.pipeline.errors import DeadlineExceeded, UnknownModel
