@@ -187,7 +187,7 @@ def exported_transforms(config: ModelConfig, program: Path) -> list[dict[str, An
     if deploy_file.is_file():
         deploy = (yaml.safe_load(deploy_file.read_text()) or {}).get("Deploy") or {}
     configured = (config.config_options.get("val_dataset") or {}).get("transforms")
-    return configured or deploy.get("transforms")  # type: ignore[no-any-return]
+    return configured or deploy.get("transforms")
 
 
 def resolve_labels(config: ModelConfig, dic: dict[str, Any], num_classes: int) -> list[str]:

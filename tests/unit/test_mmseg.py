@@ -166,3 +166,24 @@ def test_mismatched_checkpoint_fails_naming_the_mismatch(
 def test_auto_without_network_falls_back_to_random() -> None:
     adapter = load(SEGFORMER, "auto", config_options=SMALL_SEGFORMER, checkpoint="/nonexistent.pth")
     assert adapter.weights == "random" and "does not exist" in (adapter.weights_note or "")
+
+
+def test_load_runs_no_image_and_warm_up_runs_one() -> None:
+    """The model server warms a replica up once (adapter.warm_up()); load() runs nothing."""
+    calls: list[str] = []
+
+    def count(module: torch.nn.Module, args: object, output: object) -> None:
+        calls.append(type(module).__name__)
+
+    every_module = torch.nn.modules.module.register_module_forward_hook(count)
+    try:
+        adapter = load(SEGFORMER, config_options=SMALL_SEGFORMER)
+    finally:
+        every_module.remove()
+    assert calls == []  # not one module of the model ran
+    backbone = adapter.model.backbone.register_forward_hook(count)
+    try:
+        adapter.warm_up()
+    finally:
+        backbone.remove()
+    assert calls == [type(adapter.model.backbone).__name__]  # one pass
