@@ -187,3 +187,24 @@ def test_load_runs_no_image_and_warm_up_runs_one() -> None:
     finally:
         backbone.remove()
     assert calls == [type(adapter.model.backbone).__name__]  # one pass
+
+
+def test_a_checkpoint_url_is_downloaded_into_torch_hub_cache(
+    saved_checkpoint: tuple[Path, MMSegAdapter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.unit.test_adapters_loading import serving
+
+    path, original = saved_checkpoint
+    monkeypatch.delenv("SEGSERVE_OFFLINE")  # only 127.0.0.1 is asked
+    with serving(path.parent) as (base, asked):
+        loaded = load(
+            SEGFORMER,
+            "pretrained",
+            checkpoint=f"{base}/{path.name}",
+            config_options=SMALL_SEGFORMER,
+        )
+    assert asked == [f"/{path.name}"] and loaded.weights == "pretrained"
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / path.name
+    assert cached.read_bytes() == path.read_bytes()
+    image = scene(200, 150, seed=2)
+    assert np.array_equal(served(loaded, image), served(original, image))
