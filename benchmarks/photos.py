@@ -58,7 +58,7 @@ def naive_baseline(config_json: str, paths: list[str], threads: int, queue: Any)
         from paddleseg.core import infer
         from paddleseg.transforms import Compose
 
-        from deployments.adapters.paddleseg import load_config_dict
+        from deployments.adapters.paddleseg_config import load_config_dict
 
         # PaddleSeg's predict.py: its transforms on the decoded photo, then
         # inference with the logits resized back to the original size.

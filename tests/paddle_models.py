@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deployments.adapters.base import plan_device
-from deployments.adapters.paddleseg import PaddleSegAdapter, build_model, load_config_dict
+from deployments.adapters.device import plan_device
+from deployments.adapters.paddleseg import PaddleSegAdapter, build_model
+from deployments.adapters.paddleseg_config import load_config_dict
 from deployments.config import ModelConfig
 
 #: PP-LiteSeg-T (STDC1) for Cityscapes at a small keep-ratio size (fast on CPU).

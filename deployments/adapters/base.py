@@ -3,96 +3,46 @@
 An adapter loads one model (from a hub id, a directory, a config + checkpoint),
 says what input it wants (:class:`InputSpec`), and turns a batch of uint8 RGB
 images into label maps at the sizes asked for. It never sees HTTP, gRPC or Ray.
+
+This module is the interface only: it imports no framework and no adapter. The
+registry (``registry.py``) maps framework names to adapter classes, the device
+plan is in ``device.py``, and what loading weights needs in ``loading.py``.
 """
 
 from __future__ import annotations
 
 import abc
-import logging
-import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from deployments.pipeline.errors import ModelLoadError
 from deployments.pipeline.imaging import InputSpec
 
 if TYPE_CHECKING:
+    from deployments.adapters.device import DevicePlan
     from deployments.config import ModelConfig
 
-logger = logging.getLogger("segserve.adapters")
-
 Weights = Literal["pretrained", "random"]
-T = TypeVar("T")
 
-
-def with_weights_policy(
-    config: ModelConfig, load: Callable[[], T]
-) -> tuple[T | None, Weights, str | None]:
-    """Run ``load`` (the pretrained weights) under ``config.weights``: (result, weights, note).
-
-    ``pretrained`` raises load's ModelLoadError; ``random`` never calls it; ``auto``
-    falls back to random weights with a warning. A None result means "build random".
-    """
-    if config.weights == "random":
-        return None, "random", "configured with weights: random"
-    try:
-        return load(), "pretrained", None
-    except ModelLoadError as e:
-        if config.weights == "pretrained":
-            raise
-        note = f"pretrained weights unavailable ({e}); running on random weights"
-        logger.warning("model %r: %s", config.name, note)
-        return None, "random", note
-
-
-@dataclass(frozen=True)
-class DevicePlan:
-    """Where a replica runs its model, decided from what Ray gave it."""
-
-    kind: Literal["cpu", "cuda"]
-    cpu_threads: int
-    #: Why the replica is on CPU although a GPU was asked for, if it is.
-    fallback_reason: str | None = None
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "kind": self.kind,
-            "cpu_threads": self.cpu_threads,
-            "fallback_reason": self.fallback_reason,
-        }
-
-
-def plan_device(
-    gpus_assigned: float,
-    cpus_assigned: float,
-    cpu_threads: int | None,
-    cuda_available: Callable[[], bool] | None = None,
-) -> DevicePlan:
-    """CUDA when the replica was given a GPU and its framework sees one, else CPU.
-
-    CPU threads match the CPUs Ray assigned (rounded up) unless configured, so
-    replicas sharing a node do not oversubscribe its cores.
-    """
-    threads = cpu_threads or max(1, math.ceil(cpus_assigned))
-    if gpus_assigned > 0:
-        if cuda_available is not None and cuda_available():
-            return DevicePlan(kind="cuda", cpu_threads=threads)
-        return DevicePlan(
-            kind="cpu",
-            cpu_threads=threads,
-            fallback_reason=f"{gpus_assigned:g} GPU assigned but CUDA is not available here",
-        )
-    return DevicePlan(kind="cpu", cpu_threads=threads)
+#: The image size the warm-up asks the input spec about (it says what the model gets).
+WARM_UP_IMAGE_SIZE = (512, 512)
 
 
 class SegmentationAdapter(abc.ABC):
-    """One framework's model behind the one interface the model server uses."""
+    """One framework's model behind the one interface the model server uses.
+
+    Lifecycle: :meth:`load` builds the model and runs nothing through it;
+    :meth:`warm_up` runs it once (the cold start, called once by the model
+    server); then :meth:`predict_batch` per batch.
+    """
 
     framework: ClassVar[str]
 
+    #: The model's configuration, as the deployment gave it.
+    config: ModelConfig
+    #: Where the model runs.
+    device: DevicePlan
     #: What the gateway must hand over.
     input_spec: InputSpec
     #: Class names, index = class id.
@@ -101,6 +51,8 @@ class SegmentationAdapter(abc.ABC):
     weights: Weights
     #: Why the model runs on random weights, when it does.
     weights_note: str | None = None
+    #: The arithmetic the model runs in ("fp32", "float16", "bfloat16").
+    precision: str = "fp32"
 
     @classmethod
     @abc.abstractmethod
@@ -110,7 +62,21 @@ class SegmentationAdapter(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def load(cls, config: ModelConfig, device: DevicePlan) -> SegmentationAdapter:
-        """Build the model; raise ModelLoadError with an actionable message if it cannot."""
+        """Build the model; raise ModelLoadError with an actionable message if it cannot.
+
+        Runs no image through the model: :meth:`warm_up` does, once, when asked.
+        """
+
+    def warm_up(self) -> None:
+        """Run one blank image at the model's input size through the whole predict path.
+
+        The first pass pays for lazy initialisation (allocators, kernel choice,
+        compiled graphs); running it here keeps that cost off the first request
+        and out of the timed batches that seed the latency model.
+        """
+        width, height = self.input_spec.target_size(*WARM_UP_IMAGE_SIZE)
+        blank = np.zeros((height, width, 3), dtype=np.uint8)
+        self.predict_batch([blank], [(width, height)])
 
     def predict_batch(
         self, images: Sequence[np.ndarray], output_sizes: Sequence[tuple[int, int]]
@@ -148,81 +114,14 @@ class SegmentationAdapter(abc.ABC):
         return self.predict_batch([np.zeros((height, width, 3), np.uint8)], [(width, height)])
 
     def describe(self) -> dict[str, Any]:
-        """Facts for ``/v1/models``."""
+        """Facts for ``/v1/models``; adapters add their own with ``super().describe()``."""
         return {
             "framework": self.framework,
+            "source": self.config.source,
             "weights": self.weights,
             "weights_note": self.weights_note,
             "num_labels": len(self.labels),
             "input_spec": self.input_spec.to_dict(),
+            "device": self.device.to_dict(),
+            "precision": self.precision,
         }
-
-
-def check_weights(
-    model_shapes: Mapping[str, tuple[int, ...]],
-    checkpoint_shapes: Mapping[str, tuple[int, ...]],
-    where: str,
-) -> None:
-    """Raise ModelLoadError naming the first missing, unexpected or mis-shaped weight.
-
-    Frameworks' own loaders skip such weights with a warning (or not at all),
-    which would serve a half-random model without telling anyone.
-    """
-    missing = sorted(set(model_shapes) - set(checkpoint_shapes))
-    unexpected = sorted(set(checkpoint_shapes) - set(model_shapes))
-    mismatched = [
-        f"{key}: checkpoint {checkpoint_shapes[key]} vs model {model_shapes[key]}"
-        for key in sorted(set(model_shapes) & set(checkpoint_shapes))
-        if tuple(checkpoint_shapes[key]) != tuple(model_shapes[key])
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[0]})")
-        if missing:
-            parts.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        raise ModelLoadError(f"checkpoint {where} does not match the config: {'; '.join(parts)}")
-
-
-OFFLINE_ENV = "SEGSERVE_OFFLINE"
-
-
-def host_reachable(url: str, timeout_s: float = 3.0) -> tuple[bool, str]:
-    """Whether ``url``'s host accepts a TCP connection: seconds, not minutes of retries.
-
-    ``SEGSERVE_OFFLINE=1`` says no without trying (air-gapped clusters, tests).
-    """
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes", "on"):
-        return False, f"{OFFLINE_ENV} is set"
-
-    parsed = urlparse(url)
-    host = parsed.hostname or ""
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True, ""
-    except OSError as e:
-        return False, f"cannot reach {host}:{port} ({e})"
-
-
-def adapter_class(framework: str) -> type[SegmentationAdapter]:
-    """The adapter for a framework name; imported lazily so a replica loads only its own."""
-    if framework == "hf_segformer":
-        from deployments.adapters.hf_segformer import HFSegformerAdapter
-
-        return HFSegformerAdapter
-    if framework == "mmseg":
-        from deployments.adapters.mmseg import MMSegAdapter
-
-        return MMSegAdapter
-    if framework == "paddleseg":
-        from deployments.adapters.paddleseg import PaddleSegAdapter
-
-        return PaddleSegAdapter
-    raise ValueError(f"unknown framework {framework!r}")

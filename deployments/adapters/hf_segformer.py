@@ -22,20 +22,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deployments.adapters.base import (
-    DevicePlan,
-    SegmentationAdapter,
-    Weights,
+from deployments.adapters.base import SegmentationAdapter, Weights
+from deployments.adapters.device import DevicePlan
+from deployments.adapters.labels import DATASETS, dataset_from_name
+from deployments.adapters.loading import (
+    fetch_to_cache,
     host_reachable,
+    offline,
     with_weights_policy,
 )
-from deployments.adapters.labels import DATASETS, dataset_from_name
 from deployments.adapters.torch_common import (
     apply_cpu_threads,
     autocast_dtype,
     cuda_available,
     inference_context,
     label_map,
+    precision_name,
     upsample_argmax,
 )
 from deployments.config import ModelConfig
@@ -110,6 +112,7 @@ class HFSegformerAdapter(SegmentationAdapter):
         self.std = torch.tensor(getattr(processor, "image_std", [0.229, 0.224, 0.225]))
         self.torch_device = torch.device(device.kind)
         self.autocast = autocast_dtype(device, config.precision)
+        self.precision = precision_name(self.autocast)
         self._torch_label_dtype = torch.uint8 if len(self.labels) <= 256 else torch.int32
         self.forward = self.model
         if config.compile:
@@ -133,7 +136,6 @@ class HFSegformerAdapter(SegmentationAdapter):
         model.eval()
         model.to(device.kind)
         adapter = cls(model, processor, device, weights, note, config)  # type: ignore[arg-type]
-        adapter.warm_up()
         logger.info(
             "model %r loaded (%s weights, %s) in %.1f s",
             config.name,
@@ -142,12 +144,6 @@ class HFSegformerAdapter(SegmentationAdapter):
             time.perf_counter() - started,
         )
         return adapter
-
-    def warm_up(self) -> None:
-        """One forward pass so the first request does not pay for lazy initialisation."""
-        width, height = self.input_spec.size or (_DEFAULT_SIZE, _DEFAULT_SIZE)
-        blank = np.zeros((height, width, 3), dtype=np.uint8)
-        self.predict_batch([blank], [(width // 4, height // 4)])
 
     # ---------------------------------------------------------------- inference
 
@@ -178,13 +174,7 @@ class HFSegformerAdapter(SegmentationAdapter):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info.update(
-            {
-                "source": self.config.source,
-                "architecture": _variant_of(self.model.config),
-                "device": self.device.to_dict(),
-                "precision": str(self.autocast).replace("torch.", "") if self.autocast else "fp32",
-                "compiled": self.config.compile,
-            }
+            {"architecture": _variant_of(self.model.config), "compiled": self.config.compile}
         )
         return info
 
@@ -207,9 +197,10 @@ def _is_local(source: str) -> bool:
 
 def _hub_reachable() -> tuple[bool, str]:
     """Whether the HuggingFace hub answers at all, in seconds, not minutes of retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False, "HF_HUB_OFFLINE is set"
-    return host_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    if offline("HF_HUB_OFFLINE"):
+        return False, "the hub is unreachable: HF_HUB_OFFLINE is set"
+    reachable, why = host_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    return reachable, f"the hub is unreachable: {why}"
 
 
 def _load_pretrained(source: str, model_class: Any) -> Any:
@@ -222,21 +213,23 @@ def _load_pretrained(source: str, model_class: Any) -> Any:
             return model_class.from_pretrained(str(path))
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"cannot load weights from {str(path)!r}: {e}") from e
-    try:  # the local HF cache first: no network needed
-        return model_class.from_pretrained(source, local_files_only=True)
-    except (OSError, ValueError):
-        pass
-    reachable, why = _hub_reachable()
-    if not reachable:
-        raise ModelLoadError(
-            f"{source!r} is not in the local HuggingFace cache and the hub is unreachable: {why}. "
-            "Download it where there is network (`hf download`), or point `source` at a local "
-            "directory"
-        )
-    try:
-        return model_class.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot load {source!r} from the HuggingFace hub: {e}") from e
+
+    def cached() -> Any:
+        try:
+            return model_class.from_pretrained(source, local_files_only=True)
+        except (OSError, ValueError):
+            return None
+
+    return fetch_to_cache(
+        f"model {source!r}",
+        cached=cached,
+        reachable=_hub_reachable,
+        download=lambda: model_class.from_pretrained(source),
+        cache="the local HuggingFace cache",
+        hint=". Download it where there is network (`hf download`), or point `source` at a "
+        "local directory",
+        download_errors=(OSError, ValueError),
+    )
 
 
 def _load_processor(source: str) -> Any:

@@ -26,20 +26,16 @@ import numpy as np
 import torch
 
 from deployments.adapters import mmcv_compat
-from deployments.adapters.base import (
-    DevicePlan,
-    SegmentationAdapter,
-    Weights,
-    check_weights,
-    host_reachable,
-    with_weights_policy,
-)
+from deployments.adapters.base import SegmentationAdapter, Weights
+from deployments.adapters.device import DevicePlan
+from deployments.adapters.loading import check_weights, fetch_url, with_weights_policy
 from deployments.adapters.torch_common import (
     apply_cpu_threads,
     autocast_dtype,
     cuda_available,
     inference_context,
     label_map,
+    precision_name,
     upsample_argmax,
 )
 from deployments.config import ModelConfig
@@ -139,22 +135,11 @@ def _apply_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], where
 
 
 def _fetch(url: str) -> Path:
-    """A checkpoint URL in torch's hub cache, downloaded if needed (fails fast offline)."""
+    """A checkpoint URL in torch's hub cache (where mmengine keeps it), downloaded if needed."""
     from urllib.parse import urlparse
 
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    target = cache / Path(urlparse(url).path).name
-    if target.is_file():
-        return target
-    reachable, why = host_reachable(url)
-    if not reachable:
-        raise ModelLoadError(f"checkpoint {url} is not cached ({target}) and {why}")
-    cache.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.hub.download_url_to_file(url, str(target), progress=False)
-    except Exception as e:
-        raise ModelLoadError(f"cannot download checkpoint {url}: {e}") from e
-    return target
+    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    return fetch_url(url, target, what="checkpoint")
 
 
 class MMSegAdapter(SegmentationAdapter):
@@ -187,6 +172,7 @@ class MMSegAdapter(SegmentationAdapter):
         self.checkpoint = checkpoint
         self.input_spec = _input_spec(model.cfg)
         self.autocast = autocast_dtype(device, config.precision)
+        self.precision = precision_name(self.autocast)
         self.align_corners = bool(getattr(model.decode_head, "align_corners", False))
         self._torch_label_dtype = torch.uint8 if len(labels) <= 256 else torch.int32
 
@@ -240,7 +226,6 @@ class MMSegAdapter(SegmentationAdapter):
         adapter = cls(
             model, device, weights, note, labels, palette, config, config_path, checkpoint
         )
-        adapter.warm_up()
         logger.info(
             "model %r (%s) loaded with %s weights on %s in %.1f s",
             config.name,
@@ -250,11 +235,6 @@ class MMSegAdapter(SegmentationAdapter):
             time.perf_counter() - started,
         )
         return adapter
-
-    def warm_up(self) -> None:
-        width, height = self.input_spec.target_size(512, 512)
-        blank = np.zeros((height, width, 3), dtype=np.uint8)
-        self.predict_batch([blank], [(32, 32)])
 
     def batch_inputs(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[Any]]:
         """uint8 RGB images of one size -> (normalised, padded batch; their data samples)."""
@@ -300,12 +280,9 @@ class MMSegAdapter(SegmentationAdapter):
         info = super().describe()
         info.update(
             {
-                "source": self.config.source,
                 "config": self.config_path.stem,
                 "checkpoint": self.checkpoint,
                 "palette": self.palette,
-                "device": self.device.to_dict(),
-                "precision": str(self.autocast).replace("torch.", "") if self.autocast else "fp32",
                 "mmcv_compiled_ops": mmcv_compat.has_compiled_ops(),
             }
         )

@@ -18,7 +18,8 @@ done by the gateway with OpenCV as PaddleSeg does (keep-ratio sizes rounded
 with Python's ``round``; ``size_divisor`` rounds the resize target up), and
 ``Normalize`` runs here through PaddleSeg's own function. PaddleSeg models
 return logits at the full input size, so a config without a resize is refused:
-the input must be bounded before the model sees it.
+the input must be bounded before the model sees it. The config translation
+is in ``paddleseg_config.py``; this module builds and runs the model.
 
 Paddle never shares a process with PyTorch: this module imports no torch, and
 each model runs in its own replica process. Paddle sets ``OMP_NUM_THREADS=1``
@@ -29,37 +30,36 @@ threads) to the CPUs Ray gave it before importing Paddle.
 from __future__ import annotations
 
 import copy
-import difflib
 import logging
 import os
 import re
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from deployments.adapters.base import (
-    DevicePlan,
-    SegmentationAdapter,
-    Weights,
-    check_weights,
-    host_reachable,
-    with_weights_policy,
+from deployments.adapters.base import WARM_UP_IMAGE_SIZE, SegmentationAdapter, Weights
+from deployments.adapters.device import DevicePlan
+from deployments.adapters.loading import check_weights, fetch_url, with_weights_policy
+from deployments.adapters.paddleseg_config import (
+    exported_model_files,
+    exported_transforms,
+    input_spec_and_normalize,
+    load_config_dict,
+    model_section,
+    resolve_labels,
 )
-from deployments.adapters.labels import DATASETS, dataset_from_name
 from deployments.config import ModelConfig
 from deployments.pipeline.errors import ModelLoadError
 from deployments.pipeline.imaging import InputSpec, resize_labels
 
 logger = logging.getLogger("segserve.adapters.paddleseg")
 
-#: PaddleSeg dataset classes whose label names segserve knows.
-_DATASET_LABELS = {"ADE20K": "ade20k", "Cityscapes": "cityscapes"}
-_EXPORTED_PROGRAMS = (".json", ".pdmodel")  # PIR (Paddle 3) and legacy program files
+T = TypeVar("T")
 
 
 def set_cpu_threads(threads: int) -> None:
@@ -91,74 +91,28 @@ def import_paddle(device: DevicePlan) -> Any:
     return paddle
 
 
-def exported_model_files(source: str) -> tuple[Path, Path] | None:
-    """(program, params) of an exported inference model at ``source``, if it names one."""
-    path = Path(source).expanduser()
-    if path.suffix in (*_EXPORTED_PROGRAMS, ".pdiparams"):
-        prefix = path.with_suffix("")
-    elif path.is_dir():
-        programs = sorted(p for p in path.iterdir() if p.suffix in _EXPORTED_PROGRAMS)
-        weights = sorted(path.glob("*.pdiparams"))
-        if not programs and not weights:
-            return None
-        if not programs or not weights:
-            raise ModelLoadError(
-                f"exported model directory {source!r} needs a program (model.json or "
-                f"model.pdmodel) and its parameters (model.pdiparams); found "
-                f"{sorted(p.name for p in path.iterdir())}"
-            )
-        prefix = programs[0].with_suffix("")
-    elif any(path.with_name(path.name + ext).is_file() for ext in (".pdiparams", ".json")):
-        prefix = path
-    else:
+def exported_num_classes(paddle: Any, program: Path) -> int | None:
+    """The class count an exported PIR program's output declares (0: it outputs labels).
+
+    Read from the program file (tens of milliseconds, nothing run); None when it
+    cannot tell: a legacy ``.pdmodel``, a dynamic class axis, or a Paddle whose
+    (internal) program reader differs.
+    """
+    if program.suffix != ".json":
         return None
-    program = next(
-        (prefix.with_name(prefix.name + ext) for ext in _EXPORTED_PROGRAMS
-         if prefix.with_name(prefix.name + ext).is_file()),
-        None,
-    )  # fmt: skip
-    params = prefix.with_name(prefix.name + ".pdiparams")
-    if program is None:
-        raise ModelLoadError(f"exported model {source!r}: no {prefix.name}.json or .pdmodel")
-    if not params.is_file():
-        raise ModelLoadError(f"exported model {source!r}: parameters file {params} is missing")
-    return program, params
+    try:
+        from paddle.static.pir_io import get_pir_feed_and_fetch
 
-
-def load_config_dict(config: ModelConfig) -> dict[str, Any]:
-    """The PaddleSeg config dict: the source's (file or model class) with config_options merged."""
-    from paddleseg.cvlibs.config import merge_config_dicts, parse_from_yaml
-
-    source = config.source
-    path = Path(source).expanduser()
-    if path.suffix in (".yml", ".yaml"):
-        if not path.is_file():
-            raise ModelLoadError(f"PaddleSeg config file {source!r} does not exist")
-        try:
-            base = parse_from_yaml(str(path))
-        except Exception as e:
-            raise ModelLoadError(f"cannot read PaddleSeg config {source!r}: {e}") from e
-    elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", source):
-        base = {"model": {"type": source}}
-    else:
-        raise ModelLoadError(
-            f"PaddleSeg source {source!r} is neither a config file (.yml), a model class "
-            "name, nor an exported inference model (model.json/.pdmodel + .pdiparams)"
-        )
-    return merge_config_dicts(copy.deepcopy(config.config_options), base)  # type: ignore[no-any-return]
-
-
-def _without_pretrained(component: Any) -> Any:
-    """A component config with every ``pretrained`` URL dropped (no backbone downloads)."""
-    if isinstance(component, dict):
-        return {
-            key: _without_pretrained(value)
-            for key, value in component.items()
-            if key != "pretrained"
-        }
-    if isinstance(component, list):
-        return [_without_pretrained(item) for item in component]
-    return component
+        parsed = paddle.static.Program()
+        paddle.base.core.deserialize_pir_program(str(program), parsed)
+        _, outputs = get_pir_feed_and_fetch(parsed)  # type: ignore[no-untyped-call]
+        shape = list(outputs[0].shape)
+    except Exception as e:
+        logger.info("cannot read the output shape of %s (%s); probing it", program, e)
+        return None
+    if len(shape) != 4:
+        return 0
+    return int(shape[1]) if shape[1] > 0 else None
 
 
 def build_model(dic: dict[str, Any], seed: int) -> Any:
@@ -167,42 +121,16 @@ def build_model(dic: dict[str, Any], seed: int) -> Any:
     from paddleseg.cvlibs import manager
     from paddleseg.cvlibs.builder import Builder
 
-    model_cfg = _without_pretrained(copy.deepcopy(dic.get("model") or {}))
-    model_type = model_cfg.get("type")
-    known = sorted(manager.MODELS.components_dict)
-    if not model_type:
-        raise ModelLoadError("the PaddleSeg config has no model.type")
-    if model_type not in manager.MODELS.components_dict:
-        close = difflib.get_close_matches(str(model_type), known, n=3, cutoff=0.4)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ModelLoadError(
-            f"unknown PaddleSeg model class {model_type!r}{hint} (known: {', '.join(known)})"
-        )
-    if "num_classes" not in model_cfg:
-        dataset = _dataset_type(dic)
-        dataset_class = manager.DATASETS.components_dict.get(dataset) if dataset else None
-        if dataset_class is None or not hasattr(dataset_class, "NUM_CLASSES"):
-            raise ModelLoadError(
-                f"model {model_type}: set model.num_classes (no dataset class gives it)"
-            )
-        model_cfg["num_classes"] = int(dataset_class.NUM_CLASSES)
+    model_cfg = model_section(dic)
     builder = Builder(None, comp_list=[manager.MODELS, manager.BACKBONES])
     paddle.seed(seed)
     try:
         model = builder.build_component(model_cfg)
     except Exception as e:
         message = " ".join(str(e).split())
-        raise ModelLoadError(f"cannot build PaddleSeg model {model_type}: {message}") from e
+        raise ModelLoadError(f"cannot build PaddleSeg model {model_cfg['type']}: {message}") from e
     model.eval()
     return model
-
-
-def _dataset_type(dic: dict[str, Any]) -> str | None:
-    for section in ("val_dataset", "train_dataset"):
-        value = (dic.get(section) or {}).get("type")
-        if value:
-            return str(value)
-    return None
 
 
 def fetch_params(url: str) -> Path:
@@ -212,15 +140,10 @@ def fetch_params(url: str) -> Path:
 
     parts = url.rstrip("/").split("/")
     cached = Path(seg_env.PRETRAINED_MODEL_HOME) / parts[-2] / parts[-1]
-    if cached.is_file():
-        return cached
-    reachable, why = host_reachable(url)
-    if not reachable:
-        raise ModelLoadError(f"parameters {url} are not cached ({cached}) and {why}")
-    try:
-        return Path(download_pretrained_model(url))
-    except Exception as e:
-        raise ModelLoadError(f"cannot download parameters {url}: {e}") from e
+    # PaddleSeg's download, which also unpacks archives, writes where it looks.
+    return fetch_url(
+        url, cached, what="parameters", download=lambda: Path(download_pretrained_model(url))
+    )
 
 
 def load_params(model: Any, checkpoint: str) -> None:
@@ -242,63 +165,6 @@ def load_params(model: Any, checkpoint: str) -> None:
         repr(checkpoint),
     )
     model.set_state_dict(state)
-
-
-def input_spec_and_normalize(transforms: list[dict[str, Any]] | None) -> tuple[InputSpec, Any]:
-    """The gateway's resize (an InputSpec) and PaddleSeg's Normalize, from eval transforms."""
-    from paddleseg.transforms import Normalize
-
-    spec: InputSpec | None = None
-    normalize: Any = None
-    for step in transforms or []:
-        kind = step.get("type")
-        args = {k: v for k, v in step.items() if k != "type"}
-        if kind == "Resize":
-            if args.get("interp", "LINEAR") != "LINEAR":
-                raise ModelLoadError(f"Resize interp {args['interp']!r}: only LINEAR is served")
-            width, height = (int(v) for v in args.get("target_size", (512, 512)))
-            multiple = int(args.get("size_divisor") or 1)
-            if args.get("keep_ratio", False):
-                spec = InputSpec(
-                    scale=(width, height), backend="cv2", rounding="half_even",
-                    size_multiple=multiple,
-                )  # fmt: skip
-            else:
-                spec = InputSpec(size=(width, height), backend="cv2", size_multiple=multiple)
-        elif kind == "ResizeByLong":
-            long_side = int(args["long_size"])
-            spec = InputSpec(scale=(long_side, long_side), backend="cv2", rounding="half_even")
-        elif kind == "Normalize":
-            normalize = Normalize(**args)
-        else:
-            raise ModelLoadError(
-                f"evaluation transform {kind!r} is not served (supported: Resize, "
-                "ResizeByLong, Normalize); set val_dataset.transforms in config_options"
-            )
-    if spec is None:
-        raise ModelLoadError(
-            "the evaluation transforms have no Resize or ResizeByLong: PaddleSeg models "
-            "return logits at the full input size, so segserve needs a bounded input; add "
-            "one, e.g. config_options: {val_dataset: {transforms: [{type: Resize, "
-            "target_size: [1024, 512]}, {type: Normalize}]}}"
-        )
-    return spec, normalize or Normalize()
-
-
-def resolve_labels(config: ModelConfig, dic: dict[str, Any], num_classes: int) -> list[str]:
-    dataset = (
-        config.labels
-        or _DATASET_LABELS.get(_dataset_type(dic) or "")
-        or dataset_from_name(config.source)
-    )
-    names = DATASETS.get(dataset or "")
-    if names is not None and len(names) == num_classes:
-        return list(names)
-    if config.labels:
-        raise ModelLoadError(
-            f"labels {config.labels!r} has {len(names or [])} classes; the model has {num_classes}"
-        )
-    return [f"class_{i}" for i in range(num_classes)]
 
 
 class PaddleSegAdapter(SegmentationAdapter):
@@ -328,6 +194,7 @@ class PaddleSegAdapter(SegmentationAdapter):
         self.weights: Weights = "random"
         self.weights_note = None
         self.checkpoint: str | None = None
+        self.program: Path | None = None
         # Neither a predictor nor the dygraph tracer is meant to run two batches at once.
         self._lock = threading.Lock()
 
@@ -376,9 +243,9 @@ class PaddleSegAdapter(SegmentationAdapter):
             return True
 
         _, adapter.weights, adapter.weights_note = with_weights_policy(config, load)
-        num_classes = int(getattr(model, "num_classes", 0) or adapter.warm_up())
+        # The class count the model was built with: no forward pass needed to learn it.
+        num_classes = int(getattr(model, "num_classes", 0) or model_section(dic)["num_classes"])
         adapter.labels = resolve_labels(config, dic, num_classes)
-        adapter.warm_up()
         return adapter
 
     @classmethod
@@ -386,15 +253,8 @@ class PaddleSegAdapter(SegmentationAdapter):
         cls, paddle: Any, config: ModelConfig, device: DevicePlan, program: Path, params: Path
     ) -> Any:
         import paddle.inference as paddle_infer
-        import yaml
 
-        deploy_file = program.parent / "deploy.yaml"
-        deploy: dict[str, Any] = {}
-        if deploy_file.is_file():
-            deploy = (yaml.safe_load(deploy_file.read_text()) or {}).get("Deploy") or {}
-        dic = copy.deepcopy(config.config_options)
-        transforms = (dic.get("val_dataset") or {}).get("transforms") or deploy.get("transforms")
-        spec, normalize = input_spec_and_normalize(transforms)
+        spec, normalize = input_spec_and_normalize(exported_transforms(config, program))
         predictor_config = paddle_infer.Config(str(program), str(params))
         if device.kind == "cuda":
             predictor_config.enable_use_gpu(256, 0)
@@ -412,21 +272,38 @@ class PaddleSegAdapter(SegmentationAdapter):
         adapter = cls(paddle, device, config, spec, normalize, predictor=predictor)
         adapter.weights, adapter.weights_note = "pretrained", None
         adapter.checkpoint = str(params)
-        try:
-            num_classes = adapter.warm_up()
-        except Exception as e:
-            message = " ".join(str(e).split())[:500]
-            raise ModelLoadError(f"exported model {str(program)!r} fails to run: {message}") from e
-        adapter.labels = resolve_labels(config, dic, num_classes)
+        adapter.program = program
+        num_classes = exported_num_classes(paddle, program)
+        if num_classes is None:
+            # The program does not say (a legacy .pdmodel, or a dynamic class axis): one
+            # probe pass, the only model run load() makes, and only for such programs.
+            num_classes = adapter._run_exported(adapter._probe_classes)
+        adapter.labels = resolve_labels(config, copy.deepcopy(config.config_options), num_classes)
         return adapter
 
-    def warm_up(self) -> int:
-        """Run one blank image; the number of classes the model predicts."""
-        width, height = self.input_spec.target_size(512, 512)
+    def warm_up(self) -> None:
+        if self.predictor is None:
+            super().warm_up()
+        else:  # an exported model's first run is where a broken program shows itself
+            self._run_exported(super().warm_up)
+
+    def _probe_classes(self) -> int:
+        """Run one blank image; the number of classes the model predicts (0: it gives labels)."""
+        width, height = self.input_spec.target_size(*WARM_UP_IMAGE_SIZE)
         blank = self.preprocess([np.zeros((height, width, 3), dtype=np.uint8)])
         with self._lock:
             scores = self.scores(blank)
         return int(scores.shape[1]) if scores.ndim == 4 else 0
+
+    def _run_exported(self, run: Callable[[], T]) -> T:
+        """``run()``, with a failure of the exported program reported as a load error."""
+        try:
+            return run()
+        except Exception as e:
+            message = " ".join(str(e).split())[:500]
+            raise ModelLoadError(
+                f"exported model {str(self.program)!r} fails to run: {message}"
+            ) from e
 
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """uint8 RGB images of one size -> the NCHW float32 batch PaddleSeg's Normalize makes."""
@@ -490,11 +367,8 @@ class PaddleSegAdapter(SegmentationAdapter):
         info = super().describe()
         info.update(
             {
-                "source": self.config.source,
                 "runtime": "paddle_inference" if self.predictor is not None else "dygraph",
                 "checkpoint": self.checkpoint,
-                "device": self.device.to_dict(),
-                "precision": "fp32",
                 "paddle_version": self.paddle.__version__,
             }
         )

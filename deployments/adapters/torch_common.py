@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deployments.adapters.base import DevicePlan
+from deployments.adapters.device import DevicePlan
 
 logger = logging.getLogger("segserve.adapters")
 
@@ -39,6 +39,11 @@ def autocast_dtype(
     if precision == "bf16" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How ``describe()`` names an autocast dtype: "float16", "bfloat16", or "fp32" without one."""
+    return str(dtype).replace("torch.", "") if dtype is not None else "fp32"
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from transformers import SegformerForSemanticSegmentation
 
-from deployments.adapters.base import plan_device
+from deployments.adapters.device import plan_device
 from deployments.adapters.hf_segformer import HFSegformerAdapter
 from deployments.adapters.torch_common import candidate_classes, upsample_argmax
 from deployments.config import ModelConfig
@@ -179,3 +179,21 @@ def test_pruned_upsample_argmax_is_exact(
     expected = full[0].argmax(0)
     assert torch.equal(upsample_argmax(logits, out_h, out_w, torch.int64), expected)
     assert set(expected.unique().tolist()) <= set(candidate_classes(logits).tolist())
+
+
+def test_load_runs_no_image_and_warm_up_runs_one(tiny_segformer_dir: Path) -> None:
+    """The model server warms a replica up once (adapter.warm_up()); load() runs nothing."""
+    calls: list[str] = []
+
+    def count(module: torch.nn.Module, args: object, output: object) -> None:
+        if isinstance(module, SegformerForSemanticSegmentation):
+            calls.append("forward")
+
+    hook = torch.nn.modules.module.register_module_forward_hook(count)
+    try:
+        adapter = load(tiny_segformer_dir)
+        assert calls == []
+        adapter.warm_up()
+        assert calls == ["forward"]
+    finally:
+        hook.remove()

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("mmseg", reason="the mmseg extra is not installed")
 
-from deployments.adapters.base import plan_device
+from deployments.adapters.device import plan_device
 from deployments.adapters.mmseg import MMSegAdapter
 from deployments.config import ModelConfig
 from deployments.pipeline.errors import ModelLoadError
@@ -166,3 +166,45 @@ def test_mismatched_checkpoint_fails_naming_the_mismatch(
 def test_auto_without_network_falls_back_to_random() -> None:
     adapter = load(SEGFORMER, "auto", config_options=SMALL_SEGFORMER, checkpoint="/nonexistent.pth")
     assert adapter.weights == "random" and "does not exist" in (adapter.weights_note or "")
+
+
+def test_load_runs_no_image_and_warm_up_runs_one() -> None:
+    """The model server warms a replica up once (adapter.warm_up()); load() runs nothing."""
+    calls: list[str] = []
+
+    def count(module: torch.nn.Module, args: object, output: object) -> None:
+        calls.append(type(module).__name__)
+
+    every_module = torch.nn.modules.module.register_module_forward_hook(count)
+    try:
+        adapter = load(SEGFORMER, config_options=SMALL_SEGFORMER)
+    finally:
+        every_module.remove()
+    assert calls == []  # not one module of the model ran
+    backbone = adapter.model.backbone.register_forward_hook(count)
+    try:
+        adapter.warm_up()
+    finally:
+        backbone.remove()
+    assert calls == [type(adapter.model.backbone).__name__]  # one pass
+
+
+def test_a_checkpoint_url_is_downloaded_into_torch_hub_cache(
+    saved_checkpoint: tuple[Path, MMSegAdapter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.unit.test_adapters_loading import serving
+
+    path, original = saved_checkpoint
+    monkeypatch.delenv("SEGSERVE_OFFLINE")  # only 127.0.0.1 is asked
+    with serving(path.parent) as (base, asked):
+        loaded = load(
+            SEGFORMER,
+            "pretrained",
+            checkpoint=f"{base}/{path.name}",
+            config_options=SMALL_SEGFORMER,
+        )
+    assert asked == [f"/{path.name}"] and loaded.weights == "pretrained"
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / path.name
+    assert cached.read_bytes() == path.read_bytes()
+    image = scene(200, 150, seed=2)
+    assert np.array_equal(served(loaded, image), served(original, image))

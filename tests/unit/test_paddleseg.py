@@ -14,7 +14,8 @@ import paddle
 from paddleseg.core import infer
 from paddleseg.transforms import Resize, ResizeByLong
 
-from deployments.adapters.paddleseg import PaddleSegAdapter, input_spec_and_normalize
+from deployments.adapters.paddleseg import PaddleSegAdapter
+from deployments.adapters.paddleseg_config import input_spec_and_normalize
 from deployments.config import ModelConfig
 from deployments.pipeline.errors import ModelLoadError
 from deployments.pipeline.imaging import ImageLimits, decode_image, fit_within, resize_labels
@@ -293,3 +294,30 @@ def test_unbounded_or_unsupported_transforms_are_refused() -> None:
 def test_labels_mismatching_the_model_fail() -> None:
     with pytest.raises(ModelLoadError, match=r"labels 'ade20k' has 150 classes; the model has 19"):
         load(ppliteseg_config(labels="ade20k"))
+
+
+def count_model_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Batch sizes of every model run (PaddleSegAdapter.scores, which still runs the model)."""
+    runs: list[int] = []
+    real_scores = PaddleSegAdapter.scores
+
+    def scores(self: PaddleSegAdapter, batch: np.ndarray) -> Any:
+        runs.append(int(batch.shape[0]))
+        return real_scores(self, batch)
+
+    monkeypatch.setattr(PaddleSegAdapter, "scores", scores)
+    return runs
+
+
+def test_load_runs_no_image_and_warm_up_runs_one(
+    monkeypatch: pytest.MonkeyPatch, pdparams: Path, exported_dir: Path
+) -> None:
+    """Dygraph and exported: the class count comes from the config or the program, not a run."""
+    runs = count_model_runs(monkeypatch)
+    dygraph = load(ppliteseg_config(checkpoint=str(pdparams), weights="pretrained"))
+    exported = load(exported_config(str(exported_dir)))
+    assert runs == []
+    assert len(dygraph.labels) == len(exported.labels) == 19
+    dygraph.warm_up()
+    exported.warm_up()
+    assert runs == [1, 1]
