@@ -108,11 +108,6 @@ class SegmentationAdapter(abc.ABC):
     ) -> list[np.ndarray]:
         """:meth:`predict_batch` for images that all have one shape: one forward pass."""
 
-    def warm_up(self) -> Any:
-        """One batch of one zero image at the model's input size (the cold start)."""
-        width, height = self.input_spec.target_size(512, 512)
-        return self.predict_batch([np.zeros((height, width, 3), np.uint8)], [(width, height)])
-
     def describe(self) -> dict[str, Any]:
         """Facts for ``/v1/models``; adapters add their own with ``super().describe()``."""
         return {
