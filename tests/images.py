@@ -26,7 +26,8 @@ def scene(width: int, height: int, seed: int = 0) -> np.ndarray:
         x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
         w, h = int(rng.integers(1, width // 2 + 2)), int(rng.integers(1, height // 2 + 2))
         image[y0 : y0 + h, x0 : x0 + w] = rng.integers(0, 255, 3)
-    return np.clip(image, 0, 255).astype(np.uint8)
+    clipped: np.ndarray = np.clip(image, 0, 255).astype(np.uint8)
+    return clipped
 
 
 def encode(array_or_image: np.ndarray | Image.Image, fmt: str, **params: object) -> bytes:

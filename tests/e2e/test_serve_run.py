@@ -126,7 +126,7 @@ def test_the_shipped_paddleseg_model_answers(serve_run: str) -> None:
 
 
 def test_a_budget_visibly_switches_models(serve_run: str) -> None:
-    def segment(**params: Any) -> dict:
+    def segment(**params: Any) -> dict[str, Any]:
         response = httpx.post(
             f"{serve_run}/v1/segment",
             content=jpeg(320, 240),
@@ -143,7 +143,7 @@ def test_a_budget_visibly_switches_models(serve_run: str) -> None:
 
     def utilization() -> float:
         described = httpx.get(f"{serve_run}/v1/models", timeout=30).json()["models"]
-        return max(m["routing"].get("utilization", 0.0) for m in described)
+        return float(max(m["routing"].get("utilization", 0.0) for m in described))
 
     # The shipped config shares 2 cores between the models (shared_compute): while they
     # were just busy, budgets get the fastest fitting model. Once idle, the best one.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,7 +43,7 @@ def test_all_four_clients_return_the_same_result(served: Served) -> None:
         assert set(other.timings.to_dict()) == {"decode", "queue", "inference", "encode", "total"}
 
 
-def test_options_pass_through(served: Served, tmp_path) -> None:
+def test_options_pass_through(served: Served, tmp_path: Path) -> None:
     with SegServeClient(served.url) as http, GrpcSegServeClient(served.grpc_target) as rpc:
         for client in (http, rpc):
             result = client.segment(PHOTO, model="b0", outputs=["classes"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from typing import Any
 
 import httpx
 import numpy as np
@@ -26,7 +27,7 @@ def expected_labels(adapter: HFSegformerAdapter, data: bytes) -> np.ndarray:
     return resize_labels(labels, decoded.width, decoded.height)
 
 
-def mask_of(body: dict) -> np.ndarray:
+def mask_of(body: dict[str, Any]) -> np.ndarray:
     return decode_label_png(base64.b64decode(body["mask"]["data"]))
 
 
@@ -181,7 +182,12 @@ BAD_INPUTS = [
     ids=[case[0] for case in BAD_INPUTS],
 )
 def test_bad_input_gets_its_documented_status(
-    client: httpx.Client, data: bytes, headers: dict, params: dict, status: int, code: str | None
+    client: httpx.Client,
+    data: bytes,
+    headers: dict[str, str],
+    params: dict[str, str],
+    status: int,
+    code: str | None,
 ) -> None:
     response = client.post("/v1/segment", content=data, headers=headers, params=params)
     assert response.status_code == status, response.text

@@ -34,7 +34,9 @@ def test_the_call_deadline_is_the_budget_but_does_not_choose(grpc_target: str) -
     assert result.budget.budget_ms == 30_000 and result.budget.chosen_by == "default"
 
 
-def call(target: str, request: pb.SegmentRequest, metadata: tuple = ()) -> grpc.RpcError:
+def call(
+    target: str, request: pb.SegmentRequest, metadata: tuple[tuple[str, str], ...] = ()
+) -> grpc.RpcError:
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.SegmentationStub(channel)  # type: ignore[no-untyped-call]
         with pytest.raises(grpc.RpcError) as raised:

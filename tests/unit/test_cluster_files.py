@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -12,7 +13,7 @@ from deployments.config import ConfigError, load_serve_config, parse_args, repli
 REPO = Path(__file__).resolve().parents[2]
 
 
-def minimal(**model: object) -> dict:
+def minimal(**model: object) -> dict[str, Any]:
     return {"models": [{"name": "m", "framework": "hf_segformer", "source": "x", **model}]}
 
 
@@ -91,7 +92,7 @@ def test_every_autoscaling_key_is_one_ray_serve_accepts() -> None:
         ),
     ],
 )
-def test_bad_autoscaling_settings_name_their_key(args: dict, fragment: str) -> None:
+def test_bad_autoscaling_settings_name_their_key(args: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         parse_args(args)
 

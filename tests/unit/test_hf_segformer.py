@@ -76,7 +76,8 @@ def hf_reference(directory: Path, image: Image.Image) -> np.ndarray:
     (labels,) = processor.post_process_semantic_segmentation(
         outputs, target_sizes=[(image.height, image.width)]
     )
-    return labels.numpy()
+    result: np.ndarray = labels.numpy()
+    return result
 
 
 @pytest.mark.parametrize(("width", "height"), [(300, 200), (97, 311), (511, 500)])

@@ -56,7 +56,8 @@ def reference(adapter: MMSegAdapter, image: np.ndarray) -> np.ndarray:
     from mmseg.apis import inference_model
 
     result = inference_model(adapter.model, np.ascontiguousarray(image[..., ::-1]))  # BGR
-    return result.pred_sem_seg.data[0].cpu().numpy()
+    labels: np.ndarray = result.pred_sem_seg.data[0].cpu().numpy()
+    return labels
 
 
 def test_shipped_config_by_name_with_dataset_labels(segformer: MMSegAdapter) -> None:
