@@ -5,6 +5,9 @@ the gateway (it is a base class of the gateway deployment); the same object is
 a grpc.aio servicer, so tests serve it in-process with a plain ``grpc.aio``
 server. :func:`grpc_errors` maps every exception once, for every method, to a
 status code, details and the ``segserve-error-code`` trailing metadata.
+
+The call context parameter must be named ``grpc_context``: Ray Serve passes it
+only to methods whose signature has a parameter of that name.
 """
 
 from __future__ import annotations
@@ -56,11 +59,11 @@ def grpc_errors(
 
     def decorate(method: Method[Request, Response]) -> Method[Request, Response]:
         @functools.wraps(method)
-        async def wrapper(self: Any, request: Request, context: CallContext) -> Response:
+        async def wrapper(self: Any, request: Request, grpc_context: CallContext) -> Response:
             try:
-                return await method(self, request, context)
+                return await method(self, request, grpc_context)
             except Exception as e:
-                set_error(context, e)
+                set_error(grpc_context, e)
                 return empty()
 
         return wrapper
@@ -74,10 +77,12 @@ class SegServeGrpc:
     service: SegmentationService
 
     @grpc_errors(pb.SegmentResponse)
-    async def Segment(self, request: pb.SegmentRequest, context: CallContext) -> pb.SegmentResponse:
+    async def Segment(
+        self, request: pb.SegmentRequest, grpc_context: CallContext
+    ) -> pb.SegmentResponse:
         from_deadline = not request.HasField("budget_ms")
         budget: str | float | None = (
-            wire.budget_from_metadata(context.invocation_metadata())
+            wire.budget_from_metadata(grpc_context.invocation_metadata())
             if from_deadline
             else request.budget_ms
         )
@@ -101,7 +106,7 @@ class SegServeGrpc:
 
     @grpc_errors(pb.ListModelsResponse)
     async def ListModels(
-        self, request: pb.ListModelsRequest, context: CallContext
+        self, request: pb.ListModelsRequest, grpc_context: CallContext
     ) -> pb.ListModelsResponse:
         described = await self.service.describe_all()
         return pb.ListModelsResponse(
