@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import grpc
@@ -11,6 +12,7 @@ from clients.grpc_client import GrpcSegServeClient
 from clients.result import SegServeClientError
 from deployments.protocols import segserve_pb2 as pb
 from deployments.protocols import segserve_pb2_grpc as pb_grpc
+from deployments.protocols.grpc import SegServeGrpc
 from deployments.protocols.wire import BUDGET_METADATA_KEY, ERROR_CODE_METADATA_KEY
 from tests.images import jpeg, png_bomb
 from tests.transport.conftest import MAX_REQUEST_BYTES
@@ -92,3 +94,11 @@ def test_the_client_raises_the_service_code(grpc_target: str) -> None:
     with GrpcSegServeClient(grpc_target) as client, pytest.raises(SegServeClientError) as raised:
         client.segment(jpeg(8, 8), model="b7")
     assert (raised.value.code, raised.value.status) == ("unknown_model", "NOT_FOUND")
+
+
+def test_every_method_takes_the_context_by_the_name_ray_passes() -> None:
+    """Ray Serve's gRPC proxy hands the call context only to a parameter named
+    ``grpc_context``; a method without one fails on every call through Ray."""
+    methods = [getattr(SegServeGrpc, name) for name in ("Segment", "ListModels")]
+    for method in methods:
+        assert "grpc_context" in inspect.signature(method).parameters, method.__name__
