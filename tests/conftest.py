@@ -27,7 +27,7 @@ __all__ = ["TINY_SIZE"]
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         tier = Path(str(item.fspath)).parent.name
-        if tier in ("unit", "integration", "e2e", "cluster"):
+        if tier in ("unit", "transport", "integration", "e2e", "cluster"):
             item.add_marker(getattr(pytest.mark, tier))
 
 
