@@ -59,14 +59,16 @@ async def _image_from_multipart(request: Request, body: bytes) -> bytes:
         form = await MultiPartParser(request.headers, stream(), max_files=4, max_fields=16).parse()
     except MultiPartException as e:
         raise MalformedRequest(f"malformed multipart body: {e.message}") from e
-    part = form.get("image")
-    if part is None:
-        raise MalformedRequest("multipart body has no 'image' field")
-    if isinstance(part, str):
-        return part.encode("latin-1")
-    data: bytes = await part.read()
-    await part.close()
-    return data
+    try:
+        part = form.get("image")
+        if part is None:
+            raise MalformedRequest("multipart body has no 'image' field")
+        if isinstance(part, str):
+            return part.encode("latin-1")
+        data: bytes = await part.read()
+        return data
+    finally:
+        await form.close()  # every uploaded part's spooled file, not only the image's
 
 
 async def read_image(request: Request, limit: int) -> bytes:
