@@ -155,13 +155,16 @@ def test_a_budget_visibly_switches_models(serve_run: str) -> None:
     assert loose["model"] == "segformer-b2-ade" and loose["budget"]["chosen_by"] == "budget"
     described = httpx.get(f"{serve_run}/v1/models", timeout=30).json()["models"]
     b2_fit = next(m for m in described if m["name"] == "segformer-b2-ade")["routing"]["service"]
-    # Under b2's fitted mean service time alone: b2 cannot fit, b0 (37.4) can.
+    # Under b2's fitted mean service time alone, b2 cannot fit whatever this machine's
+    # speed: a cheaper model answers (by budget when one is predicted to fit).
     tight = 0.9 * (b2_fit["fixed_ms"] + b2_fit["ms_per_megapixel"] * 512 * 512 / 1e6)
     chosen = segment(model="auto", budget_ms=tight)
-    assert chosen["model"] in ("segformer-b0-ade", "mmseg-segformer-b0-ade"), (
+    assert chosen["model"] != "segformer-b2-ade", (
         chosen["budget"],
         {m["name"]: m["routing"] for m in described},
     )
-    assert chosen["budget"]["chosen_by"] == "budget", {m["name"]: m["routing"] for m in described}
+    assert chosen["budget"]["chosen_by"] in ("budget", "fastest")
+    if chosen["budget"]["chosen_by"] == "budget":
+        assert chosen["budget"]["predicted_ms"] <= tight
     models = httpx.get(f"{serve_run}/v1/models", timeout=30).json()["models"]
     assert {m["name"]: m["quality"] for m in models}["segformer-b2-ade"] == 46.5
