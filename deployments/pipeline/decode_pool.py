@@ -125,6 +125,10 @@ class DecodePool:
     # ------------------------------------------------------------ public
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def pending(self) -> int:
         """Decodes running or queued now."""
         return self._pending
@@ -255,3 +259,24 @@ class DecodePool:
             decoded_size=(int(meta["decoded_size"][0]), int(meta["decoded_size"][1])),
             decode_ms=meta["decode_ms"],
         )
+
+
+_shared: dict[tuple[int, int, float, str], DecodePool] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_pool(
+    workers: int, queue: int, timeout_s: float, *, start_method: str = "forkserver"
+) -> DecodePool:
+    """The process's pool of these settings, started on first use.
+
+    One pool per gateway process: services built with the same settings (one per
+    gateway replica; many in tests) share its workers instead of each starting its own.
+    """
+    key = (workers, queue, timeout_s, start_method)
+    with _shared_lock:
+        pool = _shared.get(key)
+        if pool is None or pool.closed:
+            pool = DecodePool(workers, queue, timeout_s, start_method=start_method)
+            _shared[key] = pool
+        return pool

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from deployments.config import LimitsConfig
 from deployments.pipeline.errors import (
     CorruptImage,
     ImageTooLarge,
@@ -19,7 +21,6 @@ from deployments.pipeline.errors import (
     UnsupportedImage,
 )
 from deployments.pipeline.imaging import (
-    ImageLimits,
     InputSpec,
     class_pixel_counts,
     decode_image,
@@ -30,7 +31,7 @@ from deployments.pipeline.imaging import (
 from tests.images import encode, jpeg, png_bomb, scene
 
 SPEC = InputSpec(size=(64, 64))
-LIMITS = ImageLimits()
+LIMITS = LimitsConfig().image_limits()
 
 
 def solid(mode: str, colour: object, size: tuple[int, int] = (40, 30)) -> Image.Image:
@@ -172,18 +173,18 @@ def test_png_bomb_is_rejected_before_decoding() -> None:
 
 def test_byte_limit() -> None:
     with pytest.raises(PayloadTooLarge):
-        decode_image(jpeg(200, 200), SPEC, ImageLimits(max_bytes=1000))
+        decode_image(jpeg(200, 200), SPEC, replace(LIMITS, max_bytes=1000))
 
 
 def test_pixel_limit_is_configurable() -> None:
     with pytest.raises(ImageTooLarge):
-        decode_image(jpeg(200, 200), SPEC, ImageLimits(max_pixels=200 * 199))
+        decode_image(jpeg(200, 200), SPEC, replace(LIMITS, max_pixels=200 * 199))
 
 
 def test_formats_outside_the_allowed_set_are_unsupported() -> None:
     data = encode(scene(20, 20), "BMP")
     with pytest.raises(UnsupportedImage):
-        decode_image(data, SPEC, ImageLimits(formats=frozenset({"JPEG", "PNG"})))
+        decode_image(data, SPEC, replace(LIMITS, formats=frozenset({"JPEG", "PNG"})))
 
 
 @pytest.mark.parametrize("cut", [8, 20, 40, 100])
