@@ -73,6 +73,8 @@ class SegmentationService:
         self.router = Router(gateway.routing, self.models, self.default_model, replicas)
         self._on_result = on_result
         self._decode_pool = decode_pool
+        # Read once at start: a configured key file or variable that holds none fails here.
+        self.api_keys: tuple[str, ...] = gateway.auth.load_keys() if gateway.auth.configured else ()
         self.status = ModelStatusBoard(
             self.endpoints, gateway.status.refresh_s, gateway.status.probe_timeout_s
         )
