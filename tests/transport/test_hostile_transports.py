@@ -74,7 +74,9 @@ def test_grpc(hostile_grpc: Any, case: HostileCase) -> None:
 
 def test_a_huge_model_name_is_a_short_not_found(hostile_http: Any, hostile_grpc: Any) -> None:
     name = "x" * 100_000
-    response = hostile_http[None].post(  # URLs of clients and proxies stop near 8 kB
+    response = hostile_http[
+        None
+    ].post(  # URLs of clients and proxies stop near 8 kB
         "/v1/segment",
         params={"model": name[:8000]},
         content=jpeg(8, 8),
