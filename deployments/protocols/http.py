@@ -41,6 +41,24 @@ from deployments.protocols.common import ApiKeys, as_client_error
 logger = logging.getLogger("ray.serve")
 
 _RAW_TYPES = ("image/", "application/octet-stream")
+#: The body ``read_image`` reads, for the OpenAPI document (FastAPI cannot infer it).
+SEGMENT_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                    "required": ["image"],
+                }
+            },
+        },
+    }
+}
 #: Another protocol's routes on the same app: ``register(app, service)``.
 Registration = Callable[[FastAPI, SegmentationService], None]
 
@@ -166,7 +184,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def register(app: FastAPI, service: SegmentationService) -> None:
     """``/v1`` segmentation and models, ``/healthz``, ``/readyz``."""
 
-    @app.post("/v1/segment", response_model=None)
+    @app.post("/v1/segment", response_model=None, openapi_extra=SEGMENT_BODY_DOC)
     async def segment(
         request: Request,
         model: str | None = None,
