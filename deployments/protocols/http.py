@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from deployments.pipeline.errors import (
@@ -147,6 +148,10 @@ async def read_image(request: Request, limit: int, timeout_s: float | None = Non
             async for chunk in _limited(request, limit):
                 body.extend(chunk)
             return bytes(body)
+    except ClientDisconnect as e:  # nobody reads the answer; not a server error to log
+        raise MalformedRequest(
+            "the client disconnected before the whole body arrived", code="client_disconnected"
+        ) from e
     except TimeoutError as e:
         raise RequestTimeout(
             f"the request body did not arrive within {timeout_s:g} s", code="body_timeout"
