@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import collections
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -135,7 +136,8 @@ async def good_client(url: str, requests: int, pause_s: float) -> list[float]:
             response = await http.post(
                 "/v1/segment", content=data, headers={"Content-Type": "image/jpeg"}
             )
-            response.raise_for_status()
+            if response.status_code != 200:
+                raise RuntimeError(f"a good request got {response.status_code}: {response.text}")
             latencies.append((time.perf_counter() - started) * 1000)
             await asyncio.sleep(pause_s)
     return latencies
@@ -152,28 +154,35 @@ async def healthz_prober(url: str, stop: asyncio.Event) -> list[float]:
     return latencies
 
 
-HOSTILE = {
-    "progressive_scan_bomb": (progressive_scan_bomb(), "image/jpeg"),
-    "jpeg_fill_bytes": (jpeg_fill_bytes(), "image/jpeg"),
-    "png_many_empty_chunks": (png_many_empty_chunks(), "image/png"),
-    "junk_at_byte_limit": (os.urandom(MAX_REQUEST_BYTES), "image/jpeg"),
-}
-ATTACKS = dict(HOSTILE)
-#: With --heavy: legitimate-looking 100 MP decodes (seconds of CPU each, within the
-#: limits): what a capacity plan covers, not hostile bytes.
-HEAVY = {"png_16bit_100mp": (png_16bit_100mp(), "image/png")}
+def attacks(heavy: bool) -> dict[str, tuple[bytes, str]]:
+    """The hostile bodies (built on demand: decode workers import this module)."""
+    chosen = {
+        "progressive_scan_bomb": (progressive_scan_bomb(), "image/jpeg"),
+        "jpeg_fill_bytes": (jpeg_fill_bytes(), "image/jpeg"),
+        "png_many_empty_chunks": (png_many_empty_chunks(), "image/png"),
+        "junk_at_byte_limit": (os.urandom(MAX_REQUEST_BYTES), "image/jpeg"),
+    }
+    if heavy:
+        # Legitimate-looking 100 MP decodes (seconds of CPU each, within the limits): what
+        # a capacity plan covers, not hostile bytes.
+        chosen["png_16bit_100mp"] = (png_16bit_100mp(), "image/png")
+    return chosen
 
 
 async def attacker(
-    url: str, index: int, stop: asyncio.Event, answers: collections.Counter[str]
+    url: str,
+    index: int,
+    stop: asyncio.Event,
+    answers: collections.Counter[str],
+    bodies: dict[str, tuple[bytes, str]],
 ) -> None:
-    names = sorted(ATTACKS)
+    names = sorted(bodies)
     async with httpx.AsyncClient(base_url=url, timeout=120) as http:
         turn = index
         while not stop.is_set():
             name = names[turn % len(names)]
             turn += 1
-            data, content_type = ATTACKS[name]
+            data, content_type = bodies[name]
             try:
                 response = await http.post(
                     "/v1/segment", content=data, headers={"Content-Type": content_type}
@@ -209,23 +218,84 @@ async def slow_body(port: int, stop: asyncio.Event, answers: collections.Counter
             writer.close()
 
 
-async def phase(
-    url: str, port: int, requests: int, attackers: int, slow: int, attack_s: float
+def _prober_process(url: str, stop: Any, out: Any) -> None:
+    """/healthz latencies, in a process of its own: the attackers' and the good client's
+    work on this side must not delay the probes."""
+
+    async def run() -> list[float]:
+        flag = asyncio.Event()
+
+        async def watch() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            flag.set()
+
+        watcher = asyncio.create_task(watch())
+        latencies = await healthz_prober(url, flag)
+        await watcher
+        return latencies
+
+    out.put(asyncio.run(run()))
+
+
+def _attack_process(
+    url: str, port: int, attackers: int, slow: int, heavy: bool, stop: Any, out: Any
+) -> None:
+    """The hostile clients, in a process of their own (one event loop for all of them)."""
+
+    async def run() -> dict[str, int]:
+        flag = asyncio.Event()
+        answers: collections.Counter[str] = collections.Counter()
+
+        async def watch() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            flag.set()
+
+        bodies = attacks(heavy)
+        tasks = [
+            asyncio.create_task(attacker(url, i, flag, answers, bodies)) for i in range(attackers)
+        ]
+        tasks += [asyncio.create_task(slow_body(port, flag, answers)) for _ in range(slow)]
+        await watch()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return dict(answers)
+
+    out.put(asyncio.run(run()))
+
+
+def phase(
+    url: str,
+    port: int,
+    requests: int,
+    attackers: int = 0,
+    slow: int = 0,
+    attack_s: float = 0.0,
+    heavy: bool = False,
 ) -> dict[str, Any]:
-    stop = asyncio.Event()
-    answers: collections.Counter[str] = collections.Counter()
-    prober = asyncio.create_task(healthz_prober(url, stop))
-    hostile = [asyncio.create_task(attacker(url, i, stop, answers)) for i in range(attackers)]
-    hostile += [asyncio.create_task(slow_body(port, stop, answers)) for _ in range(slow)]
+    context = multiprocessing.get_context("spawn")
+    stop, probes, answers = context.Event(), context.Queue(), context.Queue()
+    prober = context.Process(target=_prober_process, args=(url, stop, probes))
+    prober.start()
+    attack = None
     if attackers or slow:
-        await asyncio.sleep(min(3.0, attack_s / 4))  # let the attack reach full strength
+        attack = context.Process(
+            target=_attack_process, args=(url, port, attackers, slow, heavy, stop, answers)
+        )
+        attack.start()
+        time.sleep(5.0)  # imports, then the attack reaching full strength
+    else:
+        time.sleep(2.0)
     started = time.perf_counter()
     good: list[float] = []
-    while len(good) < requests or (attackers and time.perf_counter() - started < attack_s):
-        good += await good_client(url, 1, 0.05)
+    while len(good) < requests or (attack and time.perf_counter() - started < attack_s):
+        good += asyncio.run(good_client(url, 1, 0.05))
     stop.set()
-    healthz = await prober
-    await asyncio.gather(*hostile, return_exceptions=True)
+    healthz: list[float] = probes.get(timeout=120)
+    answered: dict[str, int] = answers.get(timeout=300) if attack else {}
+    prober.join(30)
+    if attack:
+        attack.join(60)
     return {
         "good_requests": len(good),
         "good_p50_ms": percentile(good, 50),
@@ -233,7 +303,7 @@ async def phase(
         "healthz_probes": len(healthz),
         "healthz_max_ms": round(max(healthz), 1),
         "healthz_p99_ms": percentile(healthz, 99),
-        "attacker_answers": dict(sorted(answers.items())),
+        "attacker_answers": dict(sorted(answered.items())),
     }
 
 
@@ -249,8 +319,6 @@ def main() -> None:
     parser.add_argument("--rss-bound-mb", type=float, default=1500.0)
     parser.add_argument("--heavy", action="store_true", help="add 100 MP decodes")
     options = parser.parse_args()
-    if options.heavy:
-        ATTACKS.update(HEAVY)
     if options.serve:
         serve(options.serve, options.decode_workers, options.body_timeout_s)
         return
@@ -275,9 +343,15 @@ def main() -> None:
                 raise RuntimeError("the gateway did not start")
             time.sleep(0.5)
         asyncio.run(good_client(url, 3, 0.0))  # warm
-        idle = asyncio.run(phase(url, port, options.requests, 0, 0, 0.0))
-        attacked = asyncio.run(
-            phase(url, port, options.requests, options.attackers, options.slow, options.attack_s)
+        idle = phase(url, port, options.requests)
+        attacked = phase(
+            url,
+            port,
+            options.requests,
+            options.attackers,
+            options.slow,
+            options.attack_s,
+            options.heavy,
         )
         rss = peak_rss_mb(child.pid)
     finally:
@@ -295,7 +369,7 @@ def main() -> None:
                     "body_timeout_s": options.body_timeout_s,
                     "max_request_bytes": MAX_REQUEST_BYTES,
                     "cpus": os.cpu_count(),
-                    "attacks": [*sorted(ATTACKS), "slow_body"],
+                    "attacks": [*sorted(attacks(options.heavy)), "slow_body"],
                 },
                 "idle": idle,
                 "under_attack": attacked,

@@ -52,16 +52,24 @@ from deployments.pipeline.imaging import (
 
 #: How long a killed worker may take to exit before we stop waiting for it.
 _JOIN_S = 5.0
+#: How long a new worker may take to start (import the main module, Pillow, numpy) before
+#: its first job; not part of any job's deadline.
+_START_S = 120.0
 
 
 @dataclass
 class _Worker:
     process: BaseProcess
     conn: Connection
+    started: bool = False
 
 
 def _worker_main(conn: Connection) -> None:
     """A decode worker: one job (a probe or a decode) at a time, until the pipe closes."""
+    try:
+        conn.send(("started", None))
+    except (EOFError, OSError):
+        return
     while True:
         try:
             kind, spec, limits, header = conn.recv()
@@ -251,6 +259,13 @@ class DecodePool:
         worker = self._idle.get()  # never waits: one thread per worker
         try:
             try:
+                if not worker.started:
+                    # A fresh worker's start-up is not the job's time.
+                    if not worker.conn.poll(_START_S):
+                        worker = self._replace(worker)
+                        raise NotReady("a decode worker did not start; retry", code="decoder_start")
+                    worker.conn.recv()
+                    worker.started = True
                 worker.conn.send((kind, spec, limits, header))
                 worker.conn.send_bytes(data)
                 if not worker.conn.poll(timeout_s):
