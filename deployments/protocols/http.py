@@ -121,6 +121,15 @@ async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
         yield chunk
 
 
+async def _read_body(request: Request, limit: int, multipart: bool) -> bytes:
+    if multipart:
+        return await _image_from_multipart(request, _limited(request, limit))
+    body = bytearray()
+    async for chunk in _limited(request, limit):
+        body.extend(chunk)
+    return bytes(body)
+
+
 async def read_image(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
     """The image bytes of a raw or multipart body, never reading past ``limit`` bytes.
 
@@ -141,13 +150,7 @@ async def read_image(request: Request, limit: int, timeout_s: float | None = Non
         if int(declared) > limit:
             raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
     try:
-        async with asyncio.timeout(timeout_s):
-            if multipart:
-                return await _image_from_multipart(request, _limited(request, limit))
-            body = bytearray()
-            async for chunk in _limited(request, limit):
-                body.extend(chunk)
-            return bytes(body)
+        return await asyncio.wait_for(_read_body(request, limit, multipart), timeout_s)
     except ClientDisconnect as e:  # nobody reads the answer; not a server error to log
         raise MalformedRequest(
             "the client disconnected before the whole body arrived", code="client_disconnected"

@@ -21,6 +21,7 @@ from deployments.pipeline.errors import (
     UnsupportedImage,
 )
 from deployments.pipeline.imaging import (
+    ImageLimits,
     InputSpec,
     class_pixel_counts,
     decode_image,
@@ -236,3 +237,23 @@ def test_upscaled_labels_stay_blocky() -> None:
         [3, 3, 4, 4],
         [3, 3, 4, 4],
     ]
+
+
+def test_every_decode_bound_comes_from_the_config() -> None:
+    """config.py holds every default: ImageLimits has none, and LimitsConfig sets each
+    field from its own (a changed config value reaches the decode path)."""
+    import dataclasses
+
+    fields = dataclasses.fields(ImageLimits)
+    assert all(f.default is dataclasses.MISSING for f in fields)
+    with pytest.raises(TypeError):
+        ImageLimits()  # type: ignore[call-arg]
+    config = LimitsConfig(jpeg_max_scans=7, max_decode_bytes=123 << 20, bmp_max_rle_pixels=99)
+    limits = config.image_limits()
+    assert (limits.jpeg_max_scans, limits.max_decode_bytes, limits.bmp_max_rle_pixels) == (
+        7, 123 << 20, 99,
+    )  # fmt: skip
+    shared = (set(LimitsConfig.model_fields) & {f.name for f in fields}) - {"formats"}
+    assert all(getattr(limits, name) == getattr(config, name) for name in shared)
+    assert len(shared) == len(fields) - 3  # max_bytes and max_pixels are renamed
+    assert limits.formats == frozenset(f.upper() for f in config.formats)
