@@ -105,6 +105,16 @@ class ModelStatusBoard:
             self._task.cancel()
             self._task = None
 
+    async def aclose(self) -> None:
+        """Stop the refresh task and wait for it (when it runs in this loop)."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        if task.get_loop() is asyncio.get_running_loop():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def refresh(self) -> None:
         """Refresh every model once, concurrently."""
         await asyncio.gather(*(self._refresh(name) for name in self.endpoints))

@@ -10,8 +10,9 @@ app in-process over local model endpoints.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -251,7 +252,15 @@ def build_app(
     service: SegmentationService, protocols: Sequence[Registration] = (register,)
 ) -> FastAPI:
     """The gateway's HTTP app: error envelopes, then each protocol's routes."""
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:  # the background model-status refresh lives in this app's loop
+            await service.status.aclose()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="segserve",
         version="1",
         description="Semantic segmentation on Ray Serve: POST an image, get a label map.",

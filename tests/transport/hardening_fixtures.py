@@ -96,6 +96,7 @@ def serve_grpc(service: SegmentationService) -> Iterator[str]:
         started.set()
         await stop.wait()
         await server.stop(None)
+        await service.status.aclose()
 
     thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
     thread.start()
