@@ -82,8 +82,11 @@ def local_serve_both(args: AppArgs, num_cpus: int | None = None) -> Iterator[tup
     from ray import serve
 
     from deployments.app import build_app
+    from deployments.config import ray_grpc_environment
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray's gRPC proxy refuses messages above the request limit (read when it starts).
+    os.environ.update(ray_grpc_environment(args.gateway.limits))
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         port, grpc_port = free_port(), free_port()

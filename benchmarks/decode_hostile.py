@@ -14,12 +14,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from deployments.config import LimitsConfig
 from deployments.pipeline.errors import SegServeError
-from deployments.pipeline.imaging import DEFAULT_FORMATS, ImageLimits, InputSpec, decode_image
+from deployments.pipeline.imaging import DEFAULT_FORMATS, InputSpec, decode_image
 from tests.hostile_images import CASES
+
+LIMITS = LimitsConfig().image_limits()
 
 
 def _old_imaging(ref: str) -> Any:
@@ -69,7 +73,7 @@ def main() -> None:
         )
         after_s, after = _timed(
             lambda data=data, spec=spec, formats=formats: decode_image(
-                data, spec, ImageLimits(formats=formats)
+                data, spec, replace(LIMITS, formats=formats)
             )
         )
         rows.append(

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from clients.http import DEFAULT_URL, SegServeClient
+from clients.http import API_KEY_ENV, DEFAULT_URL, SegServeClient
 from clients.result import SegmentationResult, SegServeClientError
 
 EXIT_FAILED = 1
@@ -39,8 +39,10 @@ def _client(options: argparse.Namespace) -> _Client:
     if options.grpc:
         from clients.grpc_client import GrpcSegServeClient
 
-        return GrpcSegServeClient(options.grpc_target, timeout=options.timeout)
-    return SegServeClient(options.url, timeout=options.timeout)
+        return GrpcSegServeClient(
+            options.grpc_target, timeout=options.timeout, api_key=options.api_key
+        )
+    return SegServeClient(options.url, timeout=options.timeout, api_key=options.api_key)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--grpc-target", default="localhost:9000", help="gRPC host:port")
     parser.add_argument("--grpc", action="store_true", help="use gRPC instead of HTTP")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    parser.add_argument(
+        "--api-key", default=None, help=f"API key (default: ${API_KEY_ENV}, when set)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     segment = commands.add_parser("segment", help="segment images")
@@ -64,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--grpc", action="store_true", default=argparse.SUPPRESS)
         sub.add_argument("--url", default=argparse.SUPPRESS)
         sub.add_argument("--grpc-target", default=argparse.SUPPRESS)
+        sub.add_argument("--api-key", default=argparse.SUPPRESS)
     return parser
 
 

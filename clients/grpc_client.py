@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from clients.http import api_key_or_env
 from clients.result import SegmentationResult, SegServeClientError, read_image
 from deployments.protocols import segserve_pb2 as pb
 from deployments.protocols import segserve_pb2_grpc as pb_grpc
@@ -50,10 +51,18 @@ def _request(
     return request
 
 
-def _metadata(budget_ms: float | None, timeout: float | None) -> list[tuple[str, str]]:
+def _metadata(
+    budget_ms: float | None, timeout: float | None, auth: list[tuple[str, str]] | None = None
+) -> list[tuple[str, str]]:
+    metadata = list(auth or [])
     if budget_ms is None and timeout is not None:
-        return [(BUDGET_METADATA_KEY, f"{timeout * 1000:.0f}")]
-    return []
+        metadata.append((BUDGET_METADATA_KEY, f"{timeout * 1000:.0f}"))
+    return metadata
+
+
+def _auth_metadata(api_key: str | None) -> list[tuple[str, str]]:
+    key = api_key_or_env(api_key)
+    return [("authorization", f"Bearer {key}")] if key else []
 
 
 def _error(error: grpc.RpcError, target: str) -> SegServeClientError:
@@ -73,9 +82,16 @@ def _error(error: grpc.RpcError, target: str) -> SegServeClientError:
 class GrpcSegServeClient:
     """``with GrpcSegServeClient("localhost:9000") as client: client.segment("photo.jpg")``"""
 
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 120.0) -> None:
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout: float | None = 120.0,
+        api_key: str | None = None,
+    ) -> None:
+        """``api_key``: sent as ``authorization`` metadata; by default ``$SEGSERVE_API_KEY``."""
         self.target = target
         self.timeout = timeout
+        self._auth = _auth_metadata(api_key)
         self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.SegmentationStub(self._channel)
 
@@ -93,7 +109,7 @@ class GrpcSegServeClient:
         deadline = timeout or self.timeout
         try:
             response = self._stub.Segment(
-                request, timeout=deadline, metadata=_metadata(budget_ms, deadline)
+                request, timeout=deadline, metadata=_metadata(budget_ms, deadline, self._auth)
             )
         except grpc.RpcError as e:
             raise _error(e, self.target) from e
@@ -102,7 +118,9 @@ class GrpcSegServeClient:
     def models(self) -> dict[str, Any]:
         try:
             return models_from_proto(
-                self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+                self._stub.ListModels(
+                    pb.ListModelsRequest(), timeout=self.timeout, metadata=self._auth
+                )
             )
         except grpc.RpcError as e:
             raise _error(e, self.target) from e
@@ -120,9 +138,16 @@ class GrpcSegServeClient:
 class AsyncGrpcSegServeClient:
     """The grpc.aio twin of :class:`GrpcSegServeClient`."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 120.0) -> None:
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout: float | None = 120.0,
+        api_key: str | None = None,
+    ) -> None:
+        """``api_key``: sent as ``authorization`` metadata; by default ``$SEGSERVE_API_KEY``."""
         self.target = target
         self.timeout = timeout
+        self._auth = _auth_metadata(api_key)
         self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.SegmentationStub(self._channel)
 
@@ -140,7 +165,7 @@ class AsyncGrpcSegServeClient:
         deadline = timeout or self.timeout
         try:
             response = await self._stub.Segment(
-                request, timeout=deadline, metadata=_metadata(budget_ms, deadline)
+                request, timeout=deadline, metadata=_metadata(budget_ms, deadline, self._auth)
             )
         except grpc.RpcError as e:
             raise _error(e, self.target) from e
@@ -148,7 +173,9 @@ class AsyncGrpcSegServeClient:
 
     async def models(self) -> dict[str, Any]:
         try:
-            response = await self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+            response = await self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=self.timeout, metadata=self._auth
+            )
         except grpc.RpcError as e:
             raise _error(e, self.target) from e
         return models_from_proto(response)

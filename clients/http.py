@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,18 @@ import httpx
 from clients.result import SegmentationResult, SegServeClientError, read_image
 
 DEFAULT_URL = "http://localhost:8000"
+#: Where the clients read an API key when none is passed.
+API_KEY_ENV = "SEGSERVE_API_KEY"
+
+
+def api_key_or_env(api_key: str | None) -> str | None:
+    """``api_key``, else ``$SEGSERVE_API_KEY`` (None when neither is set)."""
+    return api_key or os.environ.get(API_KEY_ENV) or None
+
+
+def _auth_headers(api_key: str | None) -> dict[str, str]:
+    key = api_key_or_env(api_key)
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def _params(
@@ -45,9 +58,14 @@ def _transport_error(error: httpx.HTTPError, url: str) -> SegServeClientError:
 class SegServeClient:
     """``with SegServeClient() as client: result = client.segment("photo.jpg")``"""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout: float = 120.0) -> None:
+    def __init__(
+        self, url: str = DEFAULT_URL, timeout: float = 120.0, api_key: str | None = None
+    ) -> None:
+        """``api_key``: sent as ``Authorization: Bearer``; by default ``$SEGSERVE_API_KEY``."""
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._http = httpx.Client(
+            base_url=self.url, timeout=timeout, headers=_auth_headers(api_key)
+        )
 
     def segment(
         self,
@@ -89,9 +107,14 @@ class SegServeClient:
 class AsyncSegServeClient:
     """``async with AsyncSegServeClient() as client: await client.segment(data)``"""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout: float = 120.0) -> None:
+    def __init__(
+        self, url: str = DEFAULT_URL, timeout: float = 120.0, api_key: str | None = None
+    ) -> None:
+        """``api_key``: sent as ``Authorization: Bearer``; by default ``$SEGSERVE_API_KEY``."""
         self.url = url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+        self._http = httpx.AsyncClient(
+            base_url=self.url, timeout=timeout, headers=_auth_headers(api_key)
+        )
 
     async def segment(
         self,

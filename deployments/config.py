@@ -6,7 +6,9 @@ names the key's full path, e.g. ``models.0.batching.max_batch_sise``.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -199,9 +201,21 @@ class ModelConfig(StrictModel):
         return value
 
 
+def valid_model_name(name: str) -> bool:
+    """Whether ``name`` could be a configured model's name (checked before any lookup)."""
+    return bool(_NAME.match(name)) and name != "auto"
+
+
 class LimitsConfig(StrictModel):
+    """Bounds on one request: bytes, time, pixels, decode memory and the image's structure.
+
+    Every structural bound is one the files cameras, phones and editors write stay far
+    inside; breaking one is a 400 whose code names the rule.
+    """
+
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
-    """Largest request body (413 above)."""
+    """Largest request body (413 above). Over gRPC, Ray's proxy is started with a message
+    limit a little above it (``RAY_SERVE_GRPC_MAX_MESSAGE_SIZE``, see the README)."""
 
     max_image_pixels: int = Field(default=100_000_000, ge=1)
     """Largest image, width x height as stored (413 above; stops decompression bombs)."""
@@ -209,12 +223,175 @@ class LimitsConfig(StrictModel):
     formats: list[str] = Field(default_factory=lambda: sorted(DEFAULT_FORMATS))
     """Accepted image formats, by Pillow name."""
 
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """Longest time reading one HTTP request body may take (408 above): a client trickling
+    bytes cannot hold a gateway slot for the whole request timeout."""
+
+    max_decode_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    """Memory one decode may use: the stored image, conversion buffers and decoder state,
+    estimated from the header before anything is decoded (413 ``decode_memory_exceeded``)."""
+
+    decode_workers: int = Field(default=2, ge=0, le=256)
+    """Decode worker processes per gateway replica; a decode past ``decode_timeout_s`` is
+    killed with its worker. 0 decodes in a thread of the gateway (nothing can stop a decode
+    there; the structural bounds still hold)."""
+
+    decode_queue: int = Field(default=8, ge=0, le=4096)
+    """Decodes waiting for a worker; the next one gets 503 ``overloaded`` at once."""
+
+    decode_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """Longest one decode may run (or what is left of the request's budget, if less); the
+    request gets 400 ``decode_timeout``."""
+
+    jpeg_max_scans: int = Field(default=64, ge=1)
+    """JPEG: scans in the first frame (each is a pass over the whole image; encoders write
+    1, or about 10 when progressive)."""
+
+    jpeg_max_scan_pixels: int = Field(default=1_500_000_000, ge=1)
+    """JPEG: scans x stored pixels (the entropy decoder's work; about 3 ns each on one
+    core): 15 scans at 100 MP, 64 scans up to 23 MP."""
+
+    jpeg_max_markers: int = Field(default=512, ge=8)
+    """JPEG: marker segments in the first frame (real files have a few dozen)."""
+
+    jpeg_max_header_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    """JPEG: bytes before the first scan (EXIF, ICC and XMP segments included)."""
+
+    jpeg_max_fill_bytes: int = Field(default=16 * 1024, ge=0)
+    """JPEG: fill (0xFF) and junk bytes between header segments."""
+
+    png_max_chunks_before_idat: int = Field(default=256, ge=4)
+    """PNG: chunks before the first IDAT (metadata chunks)."""
+
+    png_max_chunks: int = Field(default=65536, ge=4)
+    """PNG: chunks in the whole file (IDAT and APNG frame chunks included)."""
+
+    png_max_ancillary_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    """PNG: bytes in ancillary chunks (text, profiles, metadata), APNG frames excepted."""
+
+    gif_max_blocks_before_image: int = Field(default=16384, ge=1)
+    """GIF: extension sub-blocks before the first image."""
+
+    tiff_max_tile_pixels: int = Field(default=4 * 1024 * 1024, ge=1)
+    """TIFF: a tile larger than the image may have at most this many pixels."""
+
+    bmp_max_rle_pixels: int = Field(default=4_000_000, ge=1)
+    """BMP: pixels of an RLE-compressed BMP (Pillow decodes RLE in Python)."""
+
+    ppm_max_header_bytes: int = Field(default=4096, ge=16)
+    """PPM (when accepted): bytes of the text header."""
+
     def image_limits(self) -> ImageLimits:
+        """The decode path's bounds (:class:`ImageLimits` has no defaults of its own)."""
         return ImageLimits(
             max_bytes=self.max_request_bytes,
             max_pixels=self.max_image_pixels,
             formats=frozenset(f.upper() for f in self.formats),
+            max_decode_bytes=self.max_decode_bytes,
+            jpeg_max_scans=self.jpeg_max_scans,
+            jpeg_max_scan_pixels=self.jpeg_max_scan_pixels,
+            jpeg_max_markers=self.jpeg_max_markers,
+            jpeg_max_header_bytes=self.jpeg_max_header_bytes,
+            jpeg_max_fill_bytes=self.jpeg_max_fill_bytes,
+            png_max_chunks_before_idat=self.png_max_chunks_before_idat,
+            png_max_chunks=self.png_max_chunks,
+            png_max_ancillary_bytes=self.png_max_ancillary_bytes,
+            gif_max_blocks_before_image=self.gif_max_blocks_before_image,
+            tiff_max_tile_pixels=self.tiff_max_tile_pixels,
+            bmp_max_rle_pixels=self.bmp_max_rle_pixels,
+            ppm_max_header_bytes=self.ppm_max_header_bytes,
         )
+
+    def grpc_max_message_bytes(self) -> int:
+        """The gRPC message limit for Ray's proxy: the image limit plus room for the other
+        request fields, so an oversized image is refused by the proxy before it is copied."""
+        return self.max_request_bytes + GRPC_MESSAGE_OVERHEAD
+
+
+#: Bytes a SegmentRequest may hold besides its image (model name, outputs, options).
+GRPC_MESSAGE_OVERHEAD = 64 * 1024
+#: The environment variable Ray Serve 2.60 reads (when its proxy starts) for the largest
+#: gRPC message its proxy accepts; it must be set where the Ray node starts.
+RAY_GRPC_MESSAGE_SIZE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
+
+
+def ray_grpc_environment(limits: LimitsConfig) -> dict[str, str]:
+    """Environment for a Ray node whose Serve proxy should refuse oversized gRPC messages."""
+    return {RAY_GRPC_MESSAGE_SIZE_ENV: str(limits.grpc_max_message_bytes())}
+
+
+class AuthConfig(StrictModel):
+    """API keys. With none configured (the default) every route is open."""
+
+    api_keys: list[str] = Field(default_factory=list, repr=False)
+    """Accepted keys (``Authorization: Bearer <key>`` or ``X-API-Key`` over HTTP, the
+    ``authorization`` metadata over gRPC). Prefer ``api_keys_file`` or ``api_keys_env``:
+    keys written here end up in the Serve config Ray keeps."""
+
+    api_keys_file: str | None = None
+    """A file with one key per line (blank lines and ``#`` comments ignored), read when the
+    gateway starts, e.g. a mounted Kubernetes secret."""
+
+    api_keys_env: str | None = None
+    """An environment variable holding keys separated by commas or whitespace, read when
+    the gateway starts."""
+
+    @field_validator("api_keys")
+    @classmethod
+    def _non_empty(cls, keys: list[str]) -> list[str]:
+        if any(len(k.strip()) < 8 for k in keys):
+            raise ValueError("API keys must have at least 8 characters")
+        return [k.strip() for k in keys]
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.api_keys or self.api_keys_file or self.api_keys_env)
+
+    def load_keys(self, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+        """Every accepted key from the three sources; raises ConfigError for a configured
+        source that is missing or holds none."""
+        environ = os.environ if environ is None else environ
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            try:
+                text = Path(self.api_keys_file).read_text()
+            except OSError as e:
+                raise ConfigError(f"gateway.auth.api_keys_file cannot be read: {e}") from e
+            found = [
+                line.strip() for line in text.splitlines() if line.strip()
+                and not line.lstrip().startswith("#")
+            ]  # fmt: skip
+            if not found:
+                raise ConfigError("gateway.auth.api_keys_file holds no keys")
+            keys += found
+        if self.api_keys_env is not None:
+            found = re.split(r"[\s,]+", environ.get(self.api_keys_env, "").strip())
+            found = [k for k in found if k]
+            if not found:
+                raise ConfigError(
+                    f"gateway.auth.api_keys_env: ${self.api_keys_env} is unset or empty"
+                )
+            keys += found
+        if any(len(k) < 8 for k in keys):
+            raise ConfigError("API keys must have at least 8 characters")
+        return tuple(dict.fromkeys(keys))
+
+
+class StatusConfig(StrictModel):
+    """How /readyz and /v1/models learn the models' state: a background refresh, so a
+    probe never waits in a model's request queue."""
+
+    refresh_s: float = Field(default=5.0, gt=0, le=3600)
+    """How often the gateway refreshes each model's readiness and description."""
+
+    probe_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    """How long one refresh waits for a model; one that does not answer keeps its last
+    description and counts as not ready."""
+
+    expose_load_errors: bool = False
+    """Show the full weights load error (``weights_note``: paths, host names) in
+    /v1/models. Off: responses and listings carry only the stable ``weights_reason``
+    code and the error goes to the logs."""
 
 
 class RoutingConfig(StrictModel):
@@ -263,13 +440,20 @@ class GatewayConfig(StrictModel):
 
     max_ongoing_requests: int = Field(default=64, ge=1)
 
-    max_queued_requests: int = Field(default=-1, ge=-1)
+    max_queued_requests: int = Field(default=128, ge=-1)
     """Requests waiting for a gateway replica before Ray's proxy answers 503 (gRPC
-    RESOURCE_EXHAUSTED) itself; -1 is unbounded (each model's own queue bound still holds)."""
+    RESOURCE_EXHAUSTED) itself; -1 is unbounded (not advised on a public endpoint: waiting
+    requests hold their bodies in the proxy)."""
 
     autoscaling_config: AutoscalingConfig | None = None
     """Scale gateway replicas (CPU: decode, resize, encode) with load, on their own
     settings, instead of ``num_replicas``."""
+
+    auth: AuthConfig = AuthConfig()
+    """API keys (every route but /healthz needs one when any is configured)."""
+
+    status: StatusConfig = StatusConfig()
+    """Background refresh of model readiness and descriptions (/readyz, /v1/models)."""
 
     @model_validator(mode="after")
     def _scaling(self) -> GatewayConfig:

@@ -88,7 +88,12 @@ class RayModelEndpoint:
         return info
 
     async def ready(self) -> bool:
-        try:
+        """Whether a replica is RUNNING (Serve marks it so once its model loaded and warmed
+        up), from the controller: never a call that waits in the model's request queue."""
+        states = await asyncio.to_thread(_replica_counts, deployment_name(self.name))
+        if states:
+            return states.get("RUNNING", 0) > 0
+        try:  # no status (not in a Serve replica): ask a replica
             return bool(await self.handle.ready.remote())
         except Exception as e:
             raise from_ray(e) from e

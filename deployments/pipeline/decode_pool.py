@@ -52,23 +52,34 @@ from deployments.pipeline.imaging import (
 
 #: How long a killed worker may take to exit before we stop waiting for it.
 _JOIN_S = 5.0
+#: How long a new worker may take to start (import the main module, Pillow, numpy) before
+#: its first job; not part of any job's deadline.
+_START_S = 120.0
 
 
 @dataclass
 class _Worker:
     process: BaseProcess
     conn: Connection
+    started: bool = False
 
 
 def _worker_main(conn: Connection) -> None:
-    """A decode worker: one job at a time, until the pipe closes."""
+    """A decode worker: one job (a probe or a decode) at a time, until the pipe closes."""
+    try:
+        conn.send(("started", None))
+    except (EOFError, OSError):
+        return
     while True:
         try:
-            spec, limits, header = conn.recv()
+            kind, spec, limits, header = conn.recv()
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
         try:
+            if kind == "probe":
+                conn.send(("header", probe_image(data, limits)))
+                continue
             decoded = decode_image(data, spec, limits, header)
         except SegServeError as e:
             conn.send(("error", e))
@@ -125,13 +136,23 @@ class DecodePool:
     # ------------------------------------------------------------ public
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def pending(self) -> int:
         """Decodes running or queued now."""
         return self._pending
 
     async def probe(self, data: bytes, limits: ImageLimits) -> ImageHeader:
-        """:func:`probe_image` off the event loop (bounded work: the pre-checks stop early)."""
-        return await asyncio.to_thread(probe_image, data, limits)
+        """:func:`probe_image` in a worker, under the same bound and deadline as a decode.
+
+        Not in a thread of this process: the pre-checks' regular expressions and Pillow's
+        header parsers hold the GIL, and on the gateway's process that would stall its
+        event loop (and /healthz) for as long as a hostile header takes to walk.
+        """
+        header: ImageHeader = await self._submit("probe", data, None, limits, None, None)
+        return header
 
     async def decode(
         self,
@@ -146,6 +167,18 @@ class DecodePool:
         ``timeout_s`` (at most the pool's) shortens the deadline, e.g. to what is left of
         the request's budget.
         """
+        decoded: DecodedImage = await self._submit("decode", data, spec, limits, header, timeout_s)
+        return decoded
+
+    async def _submit(
+        self,
+        kind: str,
+        data: bytes,
+        spec: InputSpec | None,
+        limits: ImageLimits,
+        header: ImageHeader | None,
+        timeout_s: float | None,
+    ) -> Any:
         if self._closed:
             raise NotReady("the decode pool is closed", code="decode_pool_closed")
         if self._pending >= self._capacity:
@@ -156,10 +189,13 @@ class DecodePool:
         deadline = self.timeout_s if timeout_s is None else max(0.0, min(timeout_s, self.timeout_s))
         self._pending += 1
         loop = asyncio.get_running_loop()
-        job: Future[DecodedImage]
+        job: Future[Any]
         if self.workers:
-            job = self._threads.submit(self._run, data, spec, limits, header, deadline)
+            job = self._threads.submit(self._run, kind, data, spec, limits, header, deadline)
+        elif kind == "probe":
+            job = self._threads.submit(probe_image, data, limits)
         else:
+            assert spec is not None
             job = self._threads.submit(decode_image, data, spec, limits, header)
         # Released when the job really ends (not when a cancelled caller stops waiting), so
         # the bound counts every decode still holding a worker or a queue place.
@@ -213,26 +249,38 @@ class DecodePool:
 
     def _run(
         self,
+        kind: str,
         data: bytes,
-        spec: InputSpec,
+        spec: InputSpec | None,
         limits: ImageLimits,
         header: ImageHeader | None,
         timeout_s: float,
-    ) -> DecodedImage:
+    ) -> DecodedImage | ImageHeader:
         worker = self._idle.get()  # never waits: one thread per worker
         try:
             try:
-                worker.conn.send((spec, limits, header))
+                if not worker.started:
+                    # A fresh worker's start-up is not the job's time.
+                    if not worker.conn.poll(_START_S):
+                        worker = self._replace(worker)
+                        raise NotReady("a decode worker did not start; retry", code="decoder_start")
+                    worker.conn.recv()
+                    worker.started = True
+                worker.conn.send((kind, spec, limits, header))
                 worker.conn.send_bytes(data)
                 if not worker.conn.poll(timeout_s):
                     worker = self._replace(worker)
+                    what = "reading the header" if kind == "probe" else "decoding"
                     raise DecodeTimeout(
-                        f"decoding took longer than {timeout_s:g} s; the decoder was stopped"
+                        f"{what} took longer than {timeout_s:g} s; the decoder was stopped"
                     )
                 status, payload = worker.conn.recv()
                 if status == "error":
                     assert isinstance(payload, SegServeError)
                     raise payload
+                if status == "header":
+                    assert isinstance(payload, ImageHeader)
+                    return payload
                 return self._receive(worker.conn, payload)
             except (EOFError, OSError) as e:
                 if self._closed:
@@ -255,3 +303,24 @@ class DecodePool:
             decoded_size=(int(meta["decoded_size"][0]), int(meta["decoded_size"][1])),
             decode_ms=meta["decode_ms"],
         )
+
+
+_shared: dict[tuple[int, int, float, str], DecodePool] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_pool(
+    workers: int, queue: int, timeout_s: float, *, start_method: str = "forkserver"
+) -> DecodePool:
+    """The process's pool of these settings, started on first use.
+
+    One pool per gateway process: services built with the same settings (one per
+    gateway replica; many in tests) share its workers instead of each starting its own.
+    """
+    key = (workers, queue, timeout_s, start_method)
+    with _shared_lock:
+        pool = _shared.get(key)
+        if pool is None or pool.closed:
+            pool = DecodePool(workers, queue, timeout_s, start_method=start_method)
+            _shared[key] = pool
+        return pool

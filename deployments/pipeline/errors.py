@@ -16,10 +16,12 @@ class ErrorKind(enum.Enum):
     """What went wrong, from the client's point of view: (HTTP status, gRPC code name)."""
 
     MALFORMED = (400, "INVALID_ARGUMENT")
+    UNAUTHENTICATED = (401, "UNAUTHENTICATED")
     NOT_FOUND = (404, "NOT_FOUND")
     TOO_LARGE = (413, "RESOURCE_EXHAUSTED")
     UNSUPPORTED_MEDIA = (415, "INVALID_ARGUMENT")
     INVALID_PARAMETER = (422, "INVALID_ARGUMENT")
+    REQUEST_TIMEOUT = (408, "DEADLINE_EXCEEDED")
     UNAVAILABLE = (503, "UNAVAILABLE")
     OVERLOADED = (503, "RESOURCE_EXHAUSTED")
     DEADLINE_EXCEEDED = (504, "DEADLINE_EXCEEDED")
@@ -34,6 +36,20 @@ class ErrorKind(enum.Enum):
         return self.value[1]
 
 
+#: Longest value a message quotes back (a client's model name, a header...).
+ECHO_CHARS = 64
+#: Longest message sent to a client: a gRPC error travels in trailers (8 KiB by default).
+MAX_MESSAGE_CHARS = 1024
+
+
+def echo(value: object, limit: int = ECHO_CHARS) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters with an ellipsis."""
+    text = str(value)
+    if len(text) > limit:
+        return repr(text[:limit]) + f"... ({len(text)} characters)"
+    return repr(text)
+
+
 class SegServeError(Exception):
     """Base of every error shown to a client: a kind, a stable code and a message."""
 
@@ -41,6 +57,8 @@ class SegServeError(Exception):
     code: str = "internal"
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:  # a long echoed value must not break transport
+            message = message[: MAX_MESSAGE_CHARS - 3] + "..."
         super().__init__(message)
         self.message = message
         if code is not None:
@@ -108,6 +126,20 @@ class Overloaded(SegServeError):
 class DeadlineExceeded(SegServeError):
     kind = ErrorKind.DEADLINE_EXCEEDED
     code = "deadline_exceeded"
+
+
+class RequestTimeout(SegServeError):
+    """The request body did not arrive within ``limits.body_timeout_s``."""
+
+    kind = ErrorKind.REQUEST_TIMEOUT
+    code = "body_timeout"
+
+
+class Unauthenticated(SegServeError):
+    """No API key, or not one of the configured keys."""
+
+    kind = ErrorKind.UNAUTHENTICATED
+    code = "unauthenticated"
 
 
 class InternalError(SegServeError):

@@ -121,44 +121,45 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Per-request bounds; every one is a configuration value.
+    """Per-request bounds; every one is a configuration value, built by
+    ``LimitsConfig.image_limits()`` (config.py holds the defaults and their reasons).
 
     Besides bytes and pixels, each structural rule of :mod:`prechecks` has its bound
     here; a legitimate file stays far inside every one of them.
     """
 
-    max_bytes: int = 64 * 1024 * 1024
-    max_pixels: int = 100_000_000
-    formats: frozenset[str] = DEFAULT_FORMATS
+    max_bytes: int
+    max_pixels: int
+    formats: frozenset[str]
     #: Memory one decode may use: the stored image, conversion buffers and decoder state,
     #: estimated from the header before anything is decoded (413 above).
-    max_decode_bytes: int = 1 << 30
+    max_decode_bytes: int
     #: JPEG: scans in the first frame (each is a pass over the whole image; encoders
     #: write 1, or about 10 when progressive).
-    jpeg_max_scans: int = 64
+    jpeg_max_scans: int
     #: JPEG: scans x stored pixels (the entropy decoder's work; about 3 ns each on one
     #: core): 15 scans at 100 MP, 64 scans up to 23 MP.
-    jpeg_max_scan_pixels: int = 1_500_000_000
+    jpeg_max_scan_pixels: int
     #: JPEG: marker segments in the first frame (real files have a few dozen).
-    jpeg_max_markers: int = 512
+    jpeg_max_markers: int
     #: JPEG: bytes before the first scan (EXIF, ICC and XMP segments included).
-    jpeg_max_header_bytes: int = 8 * 1024 * 1024
+    jpeg_max_header_bytes: int
     #: JPEG: fill (0xFF) and junk bytes between header segments.
-    jpeg_max_fill_bytes: int = 16 * 1024
+    jpeg_max_fill_bytes: int
     #: PNG: chunks before the first IDAT (metadata chunks).
-    png_max_chunks_before_idat: int = 256
+    png_max_chunks_before_idat: int
     #: PNG: chunks in the whole file (IDAT and APNG frame chunks included).
-    png_max_chunks: int = 65536
+    png_max_chunks: int
     #: PNG: bytes in ancillary chunks (text, profiles, metadata), APNG frames excepted.
-    png_max_ancillary_bytes: int = 16 * 1024 * 1024
+    png_max_ancillary_bytes: int
     #: GIF: extension sub-blocks before the first image.
-    gif_max_blocks_before_image: int = 16384
+    gif_max_blocks_before_image: int
     #: TIFF: a tile larger than the image may have at most this many pixels.
-    tiff_max_tile_pixels: int = 4 * 1024 * 1024
+    tiff_max_tile_pixels: int
     #: BMP: pixels of an RLE-compressed BMP (Pillow decodes RLE in Python).
-    bmp_max_rle_pixels: int = 4_000_000
+    bmp_max_rle_pixels: int
     #: PPM (when accepted): bytes of the text header.
-    ppm_max_header_bytes: int = 4096
+    ppm_max_header_bytes: int
 
 
 @dataclass(frozen=True)

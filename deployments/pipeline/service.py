@@ -10,17 +10,30 @@ checks) and encode what the client asked for.
 from __future__ import annotations
 
 import asyncio
-import io
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from deployments.config import GatewayConfig, ModelConfig
-from deployments.contract import ModelCard, ModelEndpoint, PredictRequest
-from deployments.pipeline.errors import DeadlineExceeded, UnknownModel
-from deployments.pipeline.imaging import DecodedImage, decode_image, fit_within, resize_labels
+from deployments.config import GatewayConfig, ModelConfig, valid_model_name
+from deployments.contract import ModelCard, ModelEndpoint, Prediction, PredictRequest
+from deployments.pipeline.decode_pool import DecodePool, shared_pool
+from deployments.pipeline.errors import (
+    DeadlineExceeded,
+    DecodeTimeout,
+    SegServeError,
+    UnknownModel,
+    echo,
+)
+from deployments.pipeline.imaging import DecodedImage, ImageHeader, fit_within, resize_labels
+from deployments.pipeline.model_status import (
+    ModelState,
+    ModelStatusBoard,
+    log_load_note,
+    weights_reason,
+)
 from deployments.pipeline.options import AUTO_MODEL, SegmentOptions
 from deployments.pipeline.outputs import class_table, encode_label_png
 from deployments.pipeline.routing import RouteChoice, Router, explicit
@@ -43,26 +56,58 @@ class SegmentationService:
         gateway: GatewayConfig,
         replicas: Callable[[str], int | None] | None = None,
         on_result: Callable[[SegmentResult], None] | None = None,
+        decode_pool: DecodePool | None = None,
     ) -> None:
         self.models = {m.name: m for m in models}
         if set(endpoints) != set(self.models):
             raise ValueError("one endpoint per configured model")
-        self.endpoints = dict(endpoints)
+        # Responses name why weights are random by a stable code; the load error itself
+        # (paths, host names) goes to the logs.
+        self.endpoints: dict[str, ModelEndpoint] = {
+            name: _ReasonedEndpoint(name, endpoint, self.models[name].weights)
+            for name, endpoint in endpoints.items()
+        }
         self.default_model = gateway.default_model or models[0].name
         self.config = gateway
         self.limits = gateway.limits.image_limits()
         self.router = Router(gateway.routing, self.models, self.default_model, replicas)
         self._on_result = on_result
+        self._decode_pool = decode_pool
+        # Read once at start: a configured key file or variable that holds none fails here.
+        self.api_keys: tuple[str, ...] = gateway.auth.load_keys() if gateway.auth.configured else ()
+        self.status = ModelStatusBoard(
+            self.endpoints, gateway.status.refresh_s, gateway.status.probe_timeout_s
+        )
+
+    @property
+    def decoder(self) -> DecodePool:
+        """The decode workers (the process's shared pool of the configured size, by default),
+        started on first use."""
+        if self._decode_pool is None:
+            limits = self.config.limits
+            self._decode_pool = shared_pool(
+                limits.decode_workers, limits.decode_queue, limits.decode_timeout_s
+            )
+        return self._decode_pool
+
+    def close(self) -> None:
+        """Stop the background status refresh (the shared decode pool lives on)."""
+        self.status.close()
 
     def resolve_model(self, requested: str) -> str:
         if requested == AUTO_MODEL:
             return self.default_model
-        if requested not in self.endpoints:
-            raise UnknownModel(
-                f"unknown model {requested[:64]!r}; available: "
-                f"{', '.join(sorted(self.endpoints))} (or 'auto')"
-            )
+        self._check_name(requested, "(or 'auto')")
         return requested
+
+    def _check_name(self, requested: str, alternatives: str = "") -> None:
+        """404 for a name that is not configured; one that cannot be a model name is never
+        looked up, and is echoed truncated."""
+        if not valid_model_name(requested) or requested not in self.models:
+            raise UnknownModel(
+                f"unknown model {echo(requested)}; available: "
+                f"{', '.join(sorted(self.models))} {alternatives}".rstrip()
+            )
 
     async def _cards(self) -> dict[str, ModelCard]:
         """Cards of the models that answer; a model that is down is not a candidate."""
@@ -108,12 +153,13 @@ class SegmentationService:
         def elapsed_ms() -> float:
             return (time.perf_counter() - started) * 1000
 
-        size = peek_size(data)
-        choice, card = await self.route(options, size, elapsed_ms())
+        self.resolve_model(options.model)  # an unknown name is a 404 before any decoding
+        # Header once, off the event loop, only with the accepted formats' parsers; the
+        # decode reuses it. Every error about the bytes comes before any model is asked.
+        header = await self.decoder.probe(data, self.limits)
+        choice, card = await self.route(options, header.display_size, elapsed_ms())
         name = choice.name
-        decoded: DecodedImage = await asyncio.to_thread(
-            decode_image, data, card.input_spec, self.limits
-        )
+        decoded = await self._decode(data, card, header, options, elapsed_ms())
         decoded_at = time.perf_counter()
         label_size = fit_within(decoded.width, decoded.height, self.models[name].label_max_pixels)
         budget_left = None if options.budget_ms is None else options.budget_ms - elapsed_ms()
@@ -177,6 +223,34 @@ class SegmentationService:
             self._on_result(result)
         return result
 
+    async def _decode(
+        self,
+        data: bytes,
+        card: ModelCard,
+        header: ImageHeader,
+        options: SegmentOptions,
+        elapsed: float,
+    ) -> DecodedImage:
+        """Decode in the pool, within what is left of the budget (or the pool's deadline)."""
+        budget_s = None
+        if options.budget_ms is not None:
+            budget_s = (options.budget_ms - elapsed) / 1000
+            if budget_s <= 0:
+                raise DeadlineExceeded(
+                    f"budget of {options.budget_ms:g} ms used up before the model could run"
+                )
+        try:
+            return await self.decoder.decode(
+                data, card.input_spec, self.limits, header, timeout_s=budget_s
+            )
+        except DecodeTimeout as e:
+            if budget_s is not None and budget_s < self.decoder.timeout_s:
+                # The budget ran out, not the pool's bound: the image is not to blame.
+                raise DeadlineExceeded(
+                    f"budget of {options.budget_ms:g} ms ran out while decoding the image"
+                ) from e
+            raise
+
     def _encode(
         self,
         labels: np.ndarray,
@@ -195,31 +269,40 @@ class SegmentationService:
 
     # ------------------------------------------------------------ models, readiness
 
-    async def describe(self, name: str, timeout_s: float = 5.0) -> dict[str, Any]:
-        """A model for ``/v1/models``: what its replica says, or why it cannot say."""
-        config = self.models.get(name)
-        if config is None:
-            raise UnknownModel(
-                f"unknown model {name[:64]!r}; available: {', '.join(sorted(self.models))}"
-            )
-        try:
-            info = dict(await asyncio.wait_for(self.endpoints[name].describe(), timeout_s))
-            info["ready"] = True
-        except Exception as e:  # a model that is loading or down is listed, not hidden
+    async def describe(self, name: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """A model for ``/v1/models``, from the background refresh (never a call that waits
+        in the model's queue). ``timeout_s`` is unused (kept for callers of the old API)."""
+        self._check_name(name)
+        states = await self.status.current()
+        return self._describe(name, states[name])
+
+    def _describe(self, name: str, state: ModelState) -> dict[str, Any]:
+        config = self.models[name]
+        if state.details is not None:
+            info = dict(state.details)
+        else:  # a model that is loading or down is listed, not hidden
             info = {
                 "name": name,
                 "framework": config.framework,
                 "source": config.source,
                 "weights_policy": config.weights,
-                "ready": False,
-                "error": getattr(e, "message", None) or "not answering (loading?)",
             }
-            try:  # what its replicas loaded is still known if a card came before
-                card = await asyncio.wait_for(self.endpoints[name].card(), 0.5)
-                info.update(weights=card.weights, weights_note=card.weights_note)
-                info["labels"] = list(card.labels)
-            except Exception:
-                pass
+            if state.card is not None:  # what its replicas loaded is known from a card
+                info.update(weights=state.card.weights, weights_note=state.card.weights_note)
+                info["labels"] = list(state.card.labels)
+        info["ready"] = state.ready
+        if state.error is not None:
+            info["error"] = state.error
+        weights = info.get("weights")
+        if isinstance(weights, str):
+            info["weights_reason"] = weights_reason(config.weights, weights)
+        note = info.pop("weights_note", None)
+        if weights == "random":
+            log_load_note(name, note if isinstance(note, str) else None)
+        if self.config.status.expose_load_errors:
+            info["weights_note"] = note
+        if state.checked_at is not None:
+            info["checked_s_ago"] = round(max(0.0, self.status.clock() - state.checked_at), 1)
         info.setdefault("quality", config.quality)
         info["num_replicas"] = config.num_replicas
         info["routing"] = self.router.info(name)
@@ -228,31 +311,59 @@ class SegmentationService:
         return info
 
     async def describe_all(self) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(self.describe(n) for n in self.models)))
+        states = await self.status.current()
+        return [self._describe(name, states[name]) for name in self.models]
 
-    async def not_ready(self, timeout_s: float = 5.0) -> list[str]:
-        """Models with no replica answering within ``timeout_s`` (empty: all ready)."""
+    async def not_ready(self, timeout_s: float | None = None) -> list[str]:
+        """Models not ready at the last background refresh (empty: all ready)."""
+        states = await self.status.current()
+        return [name for name in self.models if not states[name].ready]
 
-        async def check(name: str) -> str | None:
-            try:
-                ready = await asyncio.wait_for(self.endpoints[name].ready(), timeout_s)
-            except Exception:
-                return name
-            return None if ready else name
 
-        return [n for n in await asyncio.gather(*(check(n) for n in self.models)) if n]
+class _ReasonedEndpoint:
+    """A model endpoint whose predictions and card carry the stable ``weights_reason``
+    code in place of the replica's load error, which is logged once instead."""
+
+    def __init__(self, name: str, inner: ModelEndpoint, policy: str) -> None:
+        self.name = name
+        self.inner = inner
+        self.policy = policy
+
+    def _reason(self, weights: str, note: str | None) -> str | None:
+        if weights == "random":
+            log_load_note(self.name, note)
+        return weights_reason(self.policy, weights)
+
+    async def card(self) -> ModelCard:
+        card = await self.inner.card()
+        if card.weights == "random":
+            self._reason(card.weights, card.weights_note)
+        return card
+
+    async def predict(self, request: PredictRequest) -> Prediction:
+        prediction = await self.inner.predict(request)
+        if prediction.weights != "random":
+            return prediction
+        reason = self._reason(prediction.weights, prediction.weights_note)
+        return dataclasses.replace(prediction, weights_note=reason)
+
+    async def describe(self) -> dict[str, Any]:
+        return await self.inner.describe()
+
+    async def ready(self) -> bool:
+        return await self.inner.ready()
 
 
 def peek_size(data: bytes) -> tuple[int, int] | None:
-    """An image's stored (width, height) from its header, without decoding; None if unreadable.
+    """An image's displayed (width, height) from its header; None if it is not one.
 
-    Routing needs the size before choosing a model; decoding (and every error
-    about the bytes) happens afterwards, for the chosen model.
+    Kept for callers outside the service: :meth:`SegmentationService.segment` probes
+    once, off the event loop, and reuses the header for the decode.
     """
-    from PIL import Image
+    from deployments.config import LimitsConfig
+    from deployments.pipeline.imaging import probe_image
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return int(image.width), int(image.height)
-    except Exception:
+        return probe_image(data, LimitsConfig().image_limits()).display_size
+    except SegServeError:
         return None

@@ -24,7 +24,7 @@ from deployments.pipeline.options import parse_options
 from deployments.pipeline.service import SegmentationService
 from deployments.protocols import segserve_pb2 as pb
 from deployments.protocols import wire
-from deployments.protocols.common import as_client_error
+from deployments.protocols.common import ApiKeys, as_client_error
 
 
 class CallContext(Protocol):
@@ -52,15 +52,27 @@ def set_error(context: CallContext, error: BaseException) -> None:
     context.set_trailing_metadata([(wire.ERROR_CODE_METADATA_KEY, client_error.code)])
 
 
+def check_api_key(service: SegmentationService, context: CallContext) -> None:
+    """UNAUTHENTICATED unless the call's ``authorization`` metadata (``Bearer <key>`` or
+    the bare key; ``x-api-key`` too) holds a configured key; no-op without keys."""
+    if not service.api_keys:
+        return
+    metadata = {str(k).lower(): str(v) for k, v in context.invocation_metadata() or ()}
+    presented = ApiKeys.from_headers(metadata.get("authorization"), metadata.get("x-api-key"))
+    ApiKeys(service.api_keys).check(presented)
+
+
 def grpc_errors(
     empty: Callable[[], Response],
 ) -> Callable[[Method[Request, Response]], Method[Request, Response]]:
-    """Answer any exception of the method as a status (with ``empty()`` as the body)."""
+    """Check the API key, then answer any exception of the method as a status (with
+    ``empty()`` as the body)."""
 
     def decorate(method: Method[Request, Response]) -> Method[Request, Response]:
         @functools.wraps(method)
         async def wrapper(self: Any, request: Request, grpc_context: CallContext) -> Response:
             try:
+                check_api_key(self.service, grpc_context)
                 return await method(self, request, grpc_context)
             except Exception as e:
                 set_error(grpc_context, e)

@@ -9,39 +9,70 @@ app in-process over local model endpoints.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from deployments.pipeline.errors import (
     InvalidParameter,
     MalformedRequest,
     NotReady,
     PayloadTooLarge,
+    RequestTimeout,
     SegServeError,
     UnsupportedImage,
+    echo,
 )
 from deployments.pipeline.options import SegmentOptions, parse_options
 from deployments.pipeline.process import peak_rss_mb
 from deployments.pipeline.service import SegmentationService
-from deployments.protocols.common import as_client_error
+from deployments.protocols.common import ApiKeys, as_client_error
 
 logger = logging.getLogger("ray.serve")
 
 _RAW_TYPES = ("image/", "application/octet-stream")
+#: The body ``read_image`` reads, for the OpenAPI document (FastAPI cannot infer it).
+SEGMENT_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                    "required": ["image"],
+                }
+            },
+        },
+    }
+}
 #: Another protocol's routes on the same app: ``register(app, service)``.
 Registration = Callable[[FastAPI, SegmentationService], None]
 
 
 def error_response(error: SegServeError) -> JSONResponse:
-    headers = {"Retry-After": "1"} if error.kind.http_status == 503 else None
+    headers: dict[str, str] = {}
+    if error.kind.http_status == 503:
+        headers["Retry-After"] = "1"
+    elif error.kind.http_status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="segserve"'
+    elif error.kind.http_status == 408:
+        headers["Connection"] = "close"  # the rest of the body is never read
     return JSONResponse(error.to_dict(), status_code=error.kind.http_status, headers=headers)
 
 
@@ -51,45 +82,84 @@ def _accepts_png_only(accept: str) -> bool:
     return "image/png" in kinds and "application/json" not in kinds
 
 
-async def _image_from_multipart(request: Request, body: bytes) -> bytes:
-    async def stream() -> AsyncGenerator[bytes, None]:
-        yield body
-
+async def _image_from_multipart(request: Request, body: AsyncGenerator[bytes, None]) -> bytes:
     try:
-        form = await MultiPartParser(request.headers, stream(), max_files=4, max_fields=16).parse()
+        form = await MultiPartParser(request.headers, body, max_files=4, max_fields=16).parse()
+    except SegServeError:
+        raise  # the body's own limits (bytes, deadline), raised inside the stream
     except MultiPartException as e:
         raise MalformedRequest(f"malformed multipart body: {e.message}") from e
+    except Exception as e:  # python-multipart raises its own types on hostile forms
+        raise MalformedRequest(f"malformed multipart body: {type(e).__name__}") from e
     try:
         part = form.get("image")
         if part is None:
             raise MalformedRequest("multipart body has no 'image' field")
         if isinstance(part, str):
-            return part.encode("latin-1")
+            # A text field: Starlette decoded it (its charset, else latin-1); only latin-1
+            # text maps back to the bytes that were sent.
+            try:
+                return part.encode("latin-1")
+            except UnicodeEncodeError as e:
+                raise MalformedRequest(
+                    "the multipart 'image' field is text, not a file: send it as a file part "
+                    "(with a filename), e.g. curl -F image=@photo.jpg",
+                    code="multipart_text_field",
+                ) from e
         data: bytes = await part.read()
         return data
     finally:
-        await form.close()  # every uploaded part's spooled file, not only the image's
+        await form.close()
 
 
-async def read_image(request: Request, limit: int) -> bytes:
-    """The image bytes of a raw or multipart body, never reading past ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
-    body = bytearray()
+async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+    """The body's chunks, stopping with 413 as soon as more than ``limit`` bytes came."""
+    received = 0
     async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
+        received += len(chunk)
+        if received > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        yield chunk
+
+
+async def _read_body(request: Request, limit: int, multipart: bool) -> bytes:
+    if multipart:
+        return await _image_from_multipart(request, _limited(request, limit))
+    body = bytearray()
+    async for chunk in _limited(request, limit):
+        body.extend(chunk)
+    return bytes(body)
+
+
+async def read_image(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The image bytes of a raw or multipart body, never reading past ``limit`` bytes.
+
+    The headers are judged before any byte of the body is read (Content-Type, then
+    Content-Length); the whole read must end within ``timeout_s`` (408 otherwise).
+    """
     content_type = request.headers.get("content-type", "").lower()
-    if content_type.startswith("multipart/form-data"):
-        return await _image_from_multipart(request, bytes(body))
-    if content_type and not content_type.startswith(_RAW_TYPES):
+    multipart = content_type.startswith("multipart/form-data")
+    if content_type and not multipart and not content_type.startswith(_RAW_TYPES):
         raise UnsupportedImage(
-            f"Content-Type {content_type[:64]!r} is not an image; send image/* bytes or "
+            f"Content-Type {echo(content_type)} is not an image; send image/* bytes or "
             "multipart/form-data with an 'image' field"
         )
-    return bytes(body)
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise MalformedRequest(f"Content-Length {echo(declared)} is not a byte count")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
+    try:
+        return await asyncio.wait_for(_read_body(request, limit, multipart), timeout_s)
+    except ClientDisconnect as e:  # nobody reads the answer; not a server error to log
+        raise MalformedRequest(
+            "the client disconnected before the whole body arrived", code="client_disconnected"
+        ) from e
+    except TimeoutError as e:
+        raise RequestTimeout(
+            f"the request body did not arrive within {timeout_s:g} s", code="body_timeout"
+        ) from e
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -123,7 +193,7 @@ def install_error_handlers(app: FastAPI) -> None:
 def register(app: FastAPI, service: SegmentationService) -> None:
     """``/v1`` segmentation and models, ``/healthz``, ``/readyz``."""
 
-    @app.post("/v1/segment", response_model=None)
+    @app.post("/v1/segment", response_model=None, openapi_extra=SEGMENT_BODY_DOC)
     async def segment(
         request: Request,
         model: str | None = None,
@@ -136,7 +206,8 @@ def register(app: FastAPI, service: SegmentationService) -> None:
         wants_png = _accepts_png_only(request.headers.get("accept", ""))
         if wants_png:
             options = replace(options, outputs=options.outputs | {"mask"})
-        data = await read_image(request, service.config.limits.max_request_bytes)
+        limits = service.config.limits
+        data = await read_image(request, limits.max_request_bytes, limits.body_timeout_s)
         result = await service.segment(data, options)
         if wants_png:
             assert result.mask_png is not None
@@ -181,12 +252,60 @@ def build_app(
     service: SegmentationService, protocols: Sequence[Registration] = (register,)
 ) -> FastAPI:
     """The gateway's HTTP app: error envelopes, then each protocol's routes."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:  # the background model-status refresh lives in this app's loop
+            await service.status.aclose()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="segserve",
         version="1",
         description="Semantic segmentation on Ray Serve: POST an image, get a label map.",
     )
     install_error_handlers(app)
+    install_api_keys(app, ApiKeys(service.api_keys))
     for protocol in protocols:
         protocol(app, service)
     return app
+
+
+#: Routes open without a key: liveness must answer whatever the auth setup.
+OPEN_PATHS = frozenset({"/healthz"})
+
+
+def install_api_keys(app: FastAPI, keys: ApiKeys) -> None:
+    """With keys configured, every route but :data:`OPEN_PATHS` needs one (401 otherwise):
+    ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Checked before the body is
+    read."""
+    if keys:
+        app.add_middleware(ApiKeyMiddleware, keys=keys)
+
+
+class ApiKeyMiddleware:
+    """Plain ASGI (no request wrapper): a request without a valid key is answered 401
+    from its headers alone."""
+
+    def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
+            if root and path.startswith(root):
+                path = path[len(root) :] or "/"
+            if path not in OPEN_PATHS:
+                headers = Headers(scope=scope)
+                presented = self.keys.from_headers(
+                    headers.get("authorization"), headers.get("x-api-key")
+                )
+                try:
+                    self.keys.check(presented)
+                except SegServeError as e:
+                    await error_response(e)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)

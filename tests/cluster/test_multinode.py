@@ -35,7 +35,7 @@ from ray.cluster_utils import Cluster
 
 from clients.grpc_client import CHANNEL_OPTIONS
 from deployments.app import build_app
-from deployments.config import AppArgs, deployment_name, parse_args
+from deployments.config import AppArgs, deployment_name, parse_args, ray_grpc_environment
 from deployments.protocols import segserve_pb2 as pb
 from deployments.protocols import segserve_pb2_grpc as pb_grpc
 from deployments.protocols.wire import ERROR_CODE_METADATA_KEY
@@ -119,6 +119,11 @@ def served_cluster(tiny_segformer_dir: Path) -> Iterator[ServedCluster]:
     environment = pytest.MonkeyPatch()
     tmp = tempfile.mkdtemp(prefix="sgc", dir="/tmp")  # short: socket paths live under it
     environment.setenv("RAY_TMPDIR", tmp)
+    # Ray's gRPC proxy refuses messages above the request limit (read when it starts).
+    for name, value in ray_grpc_environment(
+        cluster_args(tiny_segformer_dir).gateway.limits
+    ).items():
+        environment.setenv(name, value)
     cluster = Cluster(
         initialize_head=True,
         # Logical CPUs: the gateway's 1.5 and the narrow model's 1.5 (one core would do).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -16,7 +17,13 @@ from ray import serve
 from deployments.adapters.device import plan_device
 from deployments.adapters.hf_segformer import HFSegformerAdapter
 from deployments.app import build_app
-from deployments.config import AppArgs, ModelConfig, parse_args
+from deployments.config import (
+    AppArgs,
+    LimitsConfig,
+    ModelConfig,
+    parse_args,
+    ray_grpc_environment,
+)
 
 #: Room for the 30 MB PNG test, small enough that the 413 test stays quick.
 MAX_REQUEST_BYTES = 40 * 1024 * 1024
@@ -142,6 +149,8 @@ def integration_args(
 def served(tiny_segformer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     mmseg_checkpoint = save_mmseg_checkpoint(tmp_path_factory.mktemp("mmseg"))
     paddle_params = save_paddle_params(tmp_path_factory.mktemp("paddle"))
+    # Ray's gRPC proxy refuses messages above the request limit (read when it starts).
+    os.environ.update(ray_grpc_environment(LimitsConfig(max_request_bytes=MAX_REQUEST_BYTES)))
     # Logical CPUs: more than this machine's cores so every model gets its own replica.
     ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
     port, grpc_port = free_port(), free_port()

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from deployments.adapters.hf_segformer import HFSegformerAdapter
-from deployments.pipeline.imaging import ImageLimits, decode_image, fit_within, resize_labels
+from deployments.config import LimitsConfig
+from deployments.pipeline.imaging import decode_image, fit_within, resize_labels
 from deployments.protocols.wire import decode_label_png
 from tests.images import encode, jpeg, png_bomb, scene
 from tests.integration.conftest import MAX_REQUEST_BYTES, Served
@@ -21,7 +22,7 @@ JPEG = {"Content-Type": "image/jpeg"}
 
 
 def expected_labels(adapter: HFSegformerAdapter, data: bytes) -> np.ndarray:
-    decoded = decode_image(data, adapter.input_spec, ImageLimits())
+    decoded = decode_image(data, adapter.input_spec, LimitsConfig().image_limits())
     label_size = fit_within(decoded.width, decoded.height, 512 * 512)
     (labels,) = adapter.predict_batch([decoded.pixels], [label_size])
     return resize_labels(labels, decoded.width, decoded.height)

@@ -13,8 +13,8 @@ import pytest
 from ray import serve
 
 from clients.grpc_client import CHANNEL_OPTIONS
-from deployments.config import deployment_name
-from deployments.pipeline.imaging import ImageLimits, decode_image
+from deployments.config import LimitsConfig, deployment_name
+from deployments.pipeline.imaging import decode_image
 from deployments.protocols import segserve_pb2 as pb
 from deployments.protocols import segserve_pb2_grpc as pb_grpc
 from deployments.protocols.wire import decode_label_png
@@ -62,7 +62,7 @@ def test_paddle_model_serves_paddleseg_inference_over_http_and_grpc(
 
     # PaddleSeg's own inference of the same parameters on the same tensor.
     reference = load(ppliteseg_config(checkpoint=str(served.paddle_params), weights="pretrained"))
-    pixels = decode_image(data, reference.input_spec, ImageLimits()).pixels
+    pixels = decode_image(data, reference.input_spec, LimitsConfig().image_limits()).pixels
     batch = paddle.to_tensor(reference.preprocess([pixels]))
     pred, _ = infer.inference(reference.model, batch, trans_info=[("resize", (200, 300))])
     assert np.array_equal(served_mask, pred.numpy()[0, 0])

@@ -9,13 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from deployments.config import LimitsConfig
 from deployments.pipeline.errors import ErrorKind, SegServeError
-from deployments.pipeline.imaging import ImageLimits, InputSpec, decode_image, probe_image
+from deployments.pipeline.imaging import InputSpec, decode_image, probe_image
 from tests.hostile_images import png_chunk
 from tests.images import encode, scene
 
 SPEC = InputSpec(size=(32, 32))
-LIMITS = ImageLimits()
+LIMITS = LimitsConfig().image_limits()
 CLIENT_KINDS = {ErrorKind.MALFORMED, ErrorKind.TOO_LARGE, ErrorKind.UNSUPPORTED_MEDIA}
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import resource
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from deployments.config import LimitsConfig
 from deployments.pipeline.decode_pool import DecodePool
 from deployments.pipeline.errors import (
     DecodeMemoryExceeded,
@@ -28,9 +30,11 @@ from tests.images import encode, jpeg, scene
 
 SPEC = InputSpec(size=(64, 64))
 
+LIMITS = LimitsConfig().image_limits()
+
 
 def outcome(case: HostileCase, data: bytes) -> tuple[int, str | None]:
-    limits = ImageLimits(formats=case.formats or DEFAULT_FORMATS)
+    limits = replace(LIMITS, formats=case.formats or DEFAULT_FORMATS)
     try:
         header = probe_image(data, limits)
         decoded = decode_image(data, SPEC, limits, header)
@@ -48,27 +52,27 @@ def test_hostile_input_gets_its_documented_answer(case: HostileCase) -> None:
 
 def test_orientation_turns_the_stored_left_half_to_the_displayed_top() -> None:
     case = next(c for c in CASES if c.name == "exif_orientation_6")
-    decoded = decode_image(case.make(), InputSpec(size=(20, 60)), ImageLimits())
+    decoded = decode_image(case.make(), InputSpec(size=(20, 60)), LIMITS)
     top, bottom = decoded.pixels[:25, :, 0].mean(), decoded.pixels[-25:, :, 0].mean()
     assert top > 200 and bottom < 60
 
 
 def test_a_normal_progressive_jpeg_passes_the_scan_rules() -> None:
     data = encode(scene(300, 200), "JPEG", progressive=True, quality=90)
-    header = probe_image(data, ImageLimits())
+    header = probe_image(data, LIMITS)
     assert header.progressive and 2 <= header.scans <= 20
-    assert decode_image(data, SPEC, ImageLimits(), header).pixels.shape == (64, 64, 3)
+    assert decode_image(data, SPEC, LIMITS, header).pixels.shape == (64, 64, 3)
 
 
 def test_header_is_reused_and_reports_what_routing_needs() -> None:
-    header = probe_image(jpeg(640, 480), ImageLimits())
+    header = probe_image(jpeg(640, 480), LIMITS)
     assert (header.format, header.width, header.height, header.mode) == ("JPEG", 640, 480, "RGB")
     assert header.display_size == (640, 480) and header.frames == 1
-    assert header.decode_bytes <= ImageLimits().max_decode_bytes
+    assert header.decode_bytes <= LIMITS.max_decode_bytes
 
 
 def test_decode_memory_bound_refuses_before_decoding() -> None:
-    limits = ImageLimits(max_decode_bytes=100 * 1024 * 1024)
+    limits = replace(LIMITS, max_decode_bytes=100 * 1024 * 1024)
     with pytest.raises(DecodeMemoryExceeded):
         probe_image(png_rgba_100mp(), limits)
 
@@ -87,7 +91,7 @@ def _peak_rss_of_decode(data: bytes, limits: ImageLimits) -> tuple[int, int]:
 @pytest.mark.parametrize("name", ["png_16bit_100mp", "tiff_float_100mp", "png_rgba_100mp"])
 def test_peak_memory_of_a_100_megapixel_decode_stays_within_its_bound(name: str) -> None:
     data = next(c for c in CASES if c.name == name).make()
-    limits = ImageLimits()
+    limits = LIMITS
     ctx = multiprocessing.get_context("forkserver")
     with ctx.Pool(1, maxtasksperchild=1) as pool:
         added, estimate = pool.apply(_peak_rss_of_decode, (data, limits))
@@ -101,12 +105,12 @@ def run(coro):  # type: ignore[no-untyped-def]
 
 def test_pool_decodes_like_the_in_process_path() -> None:
     data = jpeg(400, 300)
-    expected = decode_image(data, SPEC, ImageLimits()).pixels
+    expected = decode_image(data, SPEC, LIMITS).pixels
 
     async def go() -> np.ndarray:
         with DecodePool(workers=1, queue=0, timeout_s=60) as pool:
-            header = await pool.probe(data, ImageLimits())
-            return (await pool.decode(data, SPEC, ImageLimits(), header)).pixels
+            header = await pool.probe(data, LIMITS)
+            return (await pool.decode(data, SPEC, LIMITS, header)).pixels
 
     pixels = run(go())
     assert np.array_equal(pixels, expected) and pixels.flags.writeable
@@ -114,14 +118,14 @@ def test_pool_decodes_like_the_in_process_path() -> None:
 
 def test_pool_kills_a_decode_past_its_deadline_and_keeps_serving() -> None:
     # Scan rules lifted so the bomb reaches the decoder: it decodes for a minute or more.
-    lax = ImageLimits(jpeg_max_scans=10**6, jpeg_max_markers=10**6, jpeg_max_scan_pixels=10**15)
+    lax = replace(LIMITS, jpeg_max_scans=10**6, jpeg_max_markers=10**6, jpeg_max_scan_pixels=10**15)
     bomb = progressive_scan_bomb(repeats=2000, side=4096)
 
     async def go() -> None:
         with DecodePool(workers=1, queue=0, timeout_s=1.0) as pool:
             with pytest.raises(DecodeTimeout):
                 await pool.decode(bomb, SPEC, lax)
-            decoded = await pool.decode(jpeg(100, 100), SPEC, ImageLimits())
+            decoded = await pool.decode(jpeg(100, 100), SPEC, LIMITS)
             assert decoded.pixels.shape == (64, 64, 3)
 
     run(go())
@@ -133,7 +137,7 @@ def test_a_full_pool_answers_overloaded_at_once(workers: int) -> None:
 
     async def go() -> list[object]:
         with DecodePool(workers=workers, queue=1, timeout_s=60) as pool:
-            calls = [pool.decode(data, SPEC, ImageLimits()) for _ in range(5)]
+            calls = [pool.decode(data, SPEC, LIMITS) for _ in range(5)]
             return await asyncio.gather(*calls, return_exceptions=True)
 
     results = run(go())

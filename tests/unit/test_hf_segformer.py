@@ -17,9 +17,9 @@ from transformers import SegformerForSemanticSegmentation
 from deployments.adapters.device import plan_device
 from deployments.adapters.hf_segformer import HFSegformerAdapter
 from deployments.adapters.torch_common import candidate_classes, upsample_argmax
-from deployments.config import ModelConfig
+from deployments.config import LimitsConfig, ModelConfig
 from deployments.pipeline.errors import ModelLoadError
-from deployments.pipeline.imaging import ImageLimits, decode_image, fit_within, resize_labels
+from deployments.pipeline.imaging import decode_image, fit_within, resize_labels
 from tests.images import encode, scene
 
 CPU = plan_device(0, 2, None)
@@ -85,7 +85,7 @@ def test_served_pipeline_agrees_with_the_hf_reference_pipeline(
     tiny: HFSegformerAdapter, tiny_segformer_dir: Path, width: int, height: int
 ) -> None:
     data = encode(scene(width, height, seed=width), "PNG")
-    decoded = decode_image(data, tiny.input_spec, ImageLimits())
+    decoded = decode_image(data, tiny.input_spec, LimitsConfig().image_limits())
     label_size = fit_within(width, height, 512 * 512)
     (labels,) = tiny.predict_batch([decoded.pixels], [label_size])
     served = resize_labels(labels, width, height)

@@ -345,12 +345,13 @@ def test_rules_are_checked(kwargs: dict[str, Any]) -> None:
 
 
 def test_a_data_url_of_corrupt_image_bytes_is_400_at_decode() -> None:
+    from deployments.config import LimitsConfig
     from deployments.pipeline.errors import CorruptImage
-    from deployments.pipeline.imaging import ImageLimits, InputSpec, decode_image
+    from deployments.pipeline.imaging import InputSpec, decode_image
 
     good = base64.b64decode(png_data_url().split(",", 1)[1])
     truncated = "data:image/png;base64," + base64.b64encode(good[: len(good) // 2]).decode()
     request = parsed(graphic=truncated)  # well-formed request: the bytes are the problem
     with pytest.raises(CorruptImage) as caught:
-        decode_image(request.image, InputSpec(size=(16, 16)), ImageLimits())
+        decode_image(request.image, InputSpec(size=(16, 16)), LimitsConfig().image_limits())
     assert caught.value.kind.http_status == 400

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from deployments.config import LimitsConfig
 from deployments.pipeline.errors import (
     CorruptImage,
     ImageTooLarge,
@@ -30,7 +32,7 @@ from deployments.pipeline.imaging import (
 from tests.images import encode, jpeg, png_bomb, scene
 
 SPEC = InputSpec(size=(64, 64))
-LIMITS = ImageLimits()
+LIMITS = LimitsConfig().image_limits()
 
 
 def solid(mode: str, colour: object, size: tuple[int, int] = (40, 30)) -> Image.Image:
@@ -172,18 +174,18 @@ def test_png_bomb_is_rejected_before_decoding() -> None:
 
 def test_byte_limit() -> None:
     with pytest.raises(PayloadTooLarge):
-        decode_image(jpeg(200, 200), SPEC, ImageLimits(max_bytes=1000))
+        decode_image(jpeg(200, 200), SPEC, replace(LIMITS, max_bytes=1000))
 
 
 def test_pixel_limit_is_configurable() -> None:
     with pytest.raises(ImageTooLarge):
-        decode_image(jpeg(200, 200), SPEC, ImageLimits(max_pixels=200 * 199))
+        decode_image(jpeg(200, 200), SPEC, replace(LIMITS, max_pixels=200 * 199))
 
 
 def test_formats_outside_the_allowed_set_are_unsupported() -> None:
     data = encode(scene(20, 20), "BMP")
     with pytest.raises(UnsupportedImage):
-        decode_image(data, SPEC, ImageLimits(formats=frozenset({"JPEG", "PNG"})))
+        decode_image(data, SPEC, replace(LIMITS, formats=frozenset({"JPEG", "PNG"})))
 
 
 @pytest.mark.parametrize("cut", [8, 20, 40, 100])
@@ -235,3 +237,23 @@ def test_upscaled_labels_stay_blocky() -> None:
         [3, 3, 4, 4],
         [3, 3, 4, 4],
     ]
+
+
+def test_every_decode_bound_comes_from_the_config() -> None:
+    """config.py holds every default: ImageLimits has none, and LimitsConfig sets each
+    field from its own (a changed config value reaches the decode path)."""
+    import dataclasses
+
+    fields = dataclasses.fields(ImageLimits)
+    assert all(f.default is dataclasses.MISSING for f in fields)
+    with pytest.raises(TypeError):
+        ImageLimits()  # type: ignore[call-arg]
+    config = LimitsConfig(jpeg_max_scans=7, max_decode_bytes=123 << 20, bmp_max_rle_pixels=99)
+    limits = config.image_limits()
+    assert (limits.jpeg_max_scans, limits.max_decode_bytes, limits.bmp_max_rle_pixels) == (
+        7, 123 << 20, 99,
+    )  # fmt: skip
+    shared = (set(LimitsConfig.model_fields) & {f.name for f in fields}) - {"formats"}
+    assert all(getattr(limits, name) == getattr(config, name) for name in shared)
+    assert len(shared) == len(fields) - 3  # max_bytes and max_pixels are renamed
+    assert limits.formats == frozenset(f.upper() for f in config.formats)

@@ -12,9 +12,9 @@ pytest.importorskip("mmseg", reason="the mmseg extra is not installed")
 
 from deployments.adapters.device import plan_device
 from deployments.adapters.mmseg import MMSegAdapter
-from deployments.config import ModelConfig
+from deployments.config import LimitsConfig, ModelConfig
 from deployments.pipeline.errors import ModelLoadError
-from deployments.pipeline.imaging import ImageLimits, decode_image, fit_within, resize_labels
+from deployments.pipeline.imaging import decode_image, fit_within, resize_labels
 from tests.images import encode, scene
 
 SEGFORMER = "segformer_mit-b0_8xb2-160k_ade20k-512x512"
@@ -46,7 +46,7 @@ def segformer() -> MMSegAdapter:
 
 def served(adapter: MMSegAdapter, image: np.ndarray) -> np.ndarray:
     """The gateway + replica path: decode and resize, predict, nearest resize back."""
-    decoded = decode_image(encode(image, "PNG"), adapter.input_spec, ImageLimits())
+    decoded = decode_image(encode(image, "PNG"), adapter.input_spec, LimitsConfig().image_limits())
     label_size = fit_within(decoded.width, decoded.height, 512 * 512)
     (labels,) = adapter.predict_batch([decoded.pixels], [label_size])
     return resize_labels(labels, decoded.width, decoded.height)

@@ -16,9 +16,9 @@ from paddleseg.transforms import Resize, ResizeByLong
 
 from deployments.adapters.paddleseg import PaddleSegAdapter
 from deployments.adapters.paddleseg_config import input_spec_and_normalize
-from deployments.config import ModelConfig
+from deployments.config import LimitsConfig, ModelConfig
 from deployments.pipeline.errors import ModelLoadError
-from deployments.pipeline.imaging import ImageLimits, decode_image, fit_within, resize_labels
+from deployments.pipeline.imaging import decode_image, fit_within, resize_labels
 from tests.images import encode, scene
 from tests.paddle_models import (
     EXPORTED_OPTIONS,
@@ -67,7 +67,8 @@ def exported_config(source: str, **extra: Any) -> ModelConfig:
 
 def gateway_pixels(adapter: PaddleSegAdapter, image: np.ndarray) -> np.ndarray:
     """What the gateway hands the replica: decoded and resized to the input spec."""
-    return decode_image(encode(image, "PNG"), adapter.input_spec, ImageLimits()).pixels
+    limits = LimitsConfig().image_limits()
+    return decode_image(encode(image, "PNG"), adapter.input_spec, limits).pixels
 
 
 def served(adapter: PaddleSegAdapter, image: np.ndarray) -> np.ndarray:
