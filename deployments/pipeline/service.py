@@ -10,23 +10,37 @@ checks) and encode what the client asked for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from deployments.config import GatewayConfig, ModelConfig
 from deployments.contract import ModelCard, ModelEndpoint, PredictRequest
+from deployments.pipeline.contours import class_contours
 from deployments.pipeline.errors import DeadlineExceeded, UnknownModel
-from deployments.pipeline.imaging import DecodedImage, decode_image, fit_within, resize_labels
-from deployments.pipeline.options import AUTO_MODEL, SegmentOptions
+from deployments.pipeline.image_contract import segments as image_segments
+from deployments.pipeline.imaging import (
+    DecodedImage,
+    InputSpec,
+    decode_image,
+    fit_within,
+    resize_labels,
+)
+from deployments.pipeline.options import AUTO_MODEL, IMAGE_SEGMENTS, DrawOptions, SegmentOptions
 from deployments.pipeline.outputs import class_table, encode_label_png
+from deployments.pipeline.overlay import overlay_image
+from deployments.pipeline.palette import resolve_palette
+from deployments.pipeline.rle import class_rle
 from deployments.pipeline.routing import RouteChoice, Router, explicit
 from deployments.protocols.wire import (
     Budget,
     ClassShare,
+    Overlay,
     SegmentResult,
     Timings,
     random_weights_warning,
@@ -53,6 +67,7 @@ class SegmentationService:
         self.limits = gateway.limits.image_limits()
         self.router = Router(gateway.routing, self.models, self.default_model, replicas)
         self._on_result = on_result
+        self._palettes: dict[tuple[object, ...], np.ndarray] = {}
 
     def resolve_model(self, requested: str) -> str:
         if requested == AUTO_MODEL:
@@ -131,8 +146,8 @@ class SegmentationService:
         out_w, out_h = (
             (decoded.width, decoded.height) if options.mask_size == "original" else label_size
         )
-        classes, png = await asyncio.to_thread(
-            self._encode, prediction.labels, out_w, out_h, card.labels, options.outputs
+        encoded = await asyncio.to_thread(
+            self._encode, prediction.labels, (out_w, out_h), card, options, data, decoded
         )
         finished = time.perf_counter()
         round_trip_ms = (returned - sent) * 1000
@@ -155,8 +170,8 @@ class SegmentationService:
             width=decoded.width,
             height=decoded.height,
             processed=decoded.processed_size,
-            classes=classes,
-            mask_png=png,
+            classes=encoded.classes,
+            mask_png=encoded.mask_png,
             mask_size=(out_w, out_h),
             timings=Timings(
                 decode=round(decoded.decode_ms, 2),
@@ -164,6 +179,7 @@ class SegmentationService:
                 inference=round(prediction.inference_ms, 2),
                 encode=round((finished - returned) * 1000, 2),
                 total=round(total_ms, 2),
+                encode_by_output=encoded.ms,
             ),
             batch_size=prediction.batch_size,
             budget=Budget(
@@ -172,6 +188,10 @@ class SegmentationService:
                 met=None if options.budget_ms is None else total_ms <= options.budget_ms,
                 chosen_by=choice.chosen_by,
             ),
+            contours=encoded.contours,
+            rle=encoded.rle,
+            overlay=encoded.overlay,
+            segments=encoded.segments,
         )
         if self._on_result is not None:
             self._on_result(result)
@@ -180,18 +200,121 @@ class SegmentationService:
     def _encode(
         self,
         labels: np.ndarray,
-        width: int,
-        height: int,
+        mask_size: tuple[int, int],
+        card: ModelCard,
+        options: SegmentOptions,
+        data: bytes,
+        decoded: DecodedImage,
+    ) -> Encoded:
+        """Every output asked for, from the model's label map; each one timed.
+
+        ``labels`` is the server's bounded label map; only the mask PNG and the RLE
+        (at the mask's size) and the overlay (at most ``overlay_max_pixels``) are
+        made larger. Contours and the IMAGE segments are computed on ``labels``
+        itself, with areas and thresholds at the original size.
+        """
+        wanted = options.outputs
+        names = card.labels
+        original = (decoded.width, decoded.height)
+        encoded = Encoded()
+        timer = _Timer(encoded.ms)
+        if "classes" in wanted:
+            with timer("classes"):
+                encoded.classes = class_table(labels, *mask_size, names)
+        full_size: np.ndarray | None = None
+        if "mask" in wanted or "rle" in wanted:
+            with timer("resize"):
+                full_size = resize_labels(labels, *mask_size)
+        if "mask" in wanted:
+            assert full_size is not None
+            with timer("mask"):
+                encoded.mask_png = encode_label_png(full_size, self.config.png_compress_level)
+        if "rle" in wanted:
+            assert full_size is not None
+            with timer("rle"):
+                encoded.rle = [r.to_dict() for r in class_rle(full_size, names)]
+        del full_size
+        if "contours" in wanted:
+            with timer("contours"):
+                encoded.contours = self._contours(labels, names, original, options.draw)
+        if "overlay" in wanted:
+            with timer("overlay"):
+                encoded.overlay = self._overlay(labels, card, options.draw, data, decoded)
+        if IMAGE_SEGMENTS in wanted:
+            with timer(IMAGE_SEGMENTS):
+                encoded.segments = image_segments(
+                    labels, names, original, rules=self.config.image.rules()
+                )
+        return encoded
+
+    def _contours(
+        self,
+        labels: np.ndarray,
         names: list[str],
-        outputs: frozenset[str],
-    ) -> tuple[list[ClassShare] | None, bytes | None]:
-        classes = class_table(labels, width, height, names) if "classes" in outputs else None
-        png = None
-        if "mask" in outputs:
-            png = encode_label_png(
-                resize_labels(labels, width, height), self.config.png_compress_level
-            )
-        return classes, png
+        original: tuple[int, int],
+        draw: DrawOptions,
+    ) -> list[dict[str, Any]]:
+        defaults = self.config.outputs
+        found = class_contours(
+            labels,
+            names,
+            original_size=original,
+            min_area=defaults.contour_min_area if draw.min_area is None else draw.min_area,
+            simplify=defaults.contour_simplify if draw.simplify is None else draw.simplify,
+            max_classes=draw.max_classes or defaults.contour_max_classes,
+        )
+        return [c.to_dict() for c in found]
+
+    def _overlay(
+        self,
+        labels: np.ndarray,
+        card: ModelCard,
+        draw: DrawOptions,
+        data: bytes,
+        decoded: DecodedImage,
+    ) -> Overlay:
+        defaults = self.config.outputs
+        fmt = draw.overlay_format or defaults.overlay_format
+        legend = defaults.overlay_legend if draw.legend is None else draw.legend
+        photo, size = self.overlay_photo(data, decoded)
+        picture = overlay_image(
+            photo,
+            labels,
+            self.palette(card),
+            alpha=defaults.overlay_alpha if draw.alpha is None else draw.alpha,
+            fmt=fmt,
+            max_pixels=defaults.overlay_max_pixels,
+            size=(decoded.width, decoded.height),
+            legend_names=card.labels if legend else None,
+            jpeg_quality=defaults.overlay_jpeg_quality,
+        )
+        return Overlay(format=fmt, width=size[0], height=size[1], data=picture)
+
+    def overlay_photo(
+        self, data: bytes, decoded: DecodedImage
+    ) -> tuple[np.ndarray, tuple[int, int]]:
+        """The photo at the overlay's size, and that size.
+
+        The model's input is smaller (and often not the photo's aspect), so the
+        photo is decoded once more, straight to the overlay's size: a JPEG in
+        draft mode (DCT scaling), so a 6000x4000 photo is never decoded whole for
+        a 2-megapixel overlay. The bytes already passed every check of the first
+        decode.
+        """
+        size = fit_within(decoded.width, decoded.height, self.config.outputs.overlay_max_pixels)
+        if size == decoded.processed_size:
+            return decoded.pixels, size
+        photo = decode_image(data, InputSpec(size=size), self.limits)
+        return photo.pixels, size
+
+    def palette(self, card: ModelCard) -> np.ndarray:
+        """The colours to draw a model's classes with (its own, else generated)."""
+        key = (card.name, card.palette, len(card.labels))
+        palette = self._palettes.get(key)
+        if palette is None:
+            palette = resolve_palette(len(card.labels), model_palette=card.palette)
+            self._palettes[key] = palette
+        return palette
 
     # ------------------------------------------------------------ models, readiness
 
@@ -241,6 +364,35 @@ class SegmentationService:
             return None if ready else name
 
         return [n for n in await asyncio.gather(*(check(n) for n in self.models)) if n]
+
+
+@dataclass
+class Encoded:
+    """What :meth:`SegmentationService._encode` made, and each output's time (ms)."""
+
+    classes: list[ClassShare] | None = None
+    mask_png: bytes | None = None
+    contours: list[dict[str, Any]] | None = None
+    rle: list[dict[str, Any]] | None = None
+    overlay: Overlay | None = None
+    segments: list[dict[str, Any]] | None = None
+    ms: dict[str, float] = field(default_factory=dict)
+
+
+class _Timer:
+    """``with timer("contours"):`` adds the block's milliseconds to ``times["contours"]``."""
+
+    def __init__(self, times: dict[str, float]) -> None:
+        self.times = times
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = (time.perf_counter() - started) * 1000
+            self.times[name] = round(self.times.get(name, 0.0) + spent, 2)
 
 
 def peek_size(data: bytes) -> tuple[int, int] | None:
