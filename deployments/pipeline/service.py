@@ -276,9 +276,10 @@ class SegmentationService:
         defaults = self.config.outputs
         fmt = draw.overlay_format or defaults.overlay_format
         legend = defaults.overlay_legend if draw.legend is None else draw.legend
-        photo, size = self.overlay_photo(data, decoded)
+        photo = self.overlay_photo(data, decoded)
+        size = fit_within(decoded.width, decoded.height, defaults.overlay_max_pixels)
         picture = overlay_image(
-            photo,
+            photo.pixels,
             labels,
             self.palette(card),
             alpha=defaults.overlay_alpha if draw.alpha is None else draw.alpha,
@@ -290,10 +291,8 @@ class SegmentationService:
         )
         return Overlay(format=fmt, width=size[0], height=size[1], data=picture)
 
-    def overlay_photo(
-        self, data: bytes, decoded: DecodedImage
-    ) -> tuple[np.ndarray, tuple[int, int]]:
-        """The photo at the overlay's size, and that size.
+    def overlay_photo(self, data: bytes, decoded: DecodedImage) -> DecodedImage:
+        """The photo decoded at the overlay's size.
 
         The model's input is smaller (and often not the photo's aspect), so the
         photo is decoded once more, straight to the overlay's size: a JPEG in
@@ -303,9 +302,8 @@ class SegmentationService:
         """
         size = fit_within(decoded.width, decoded.height, self.config.outputs.overlay_max_pixels)
         if size == decoded.processed_size:
-            return decoded.pixels, size
-        photo = decode_image(data, InputSpec(size=size), self.limits)
-        return photo.pixels, size
+            return decoded
+        return decode_image(data, InputSpec(size=size), self.limits)
 
     def palette(self, card: ModelCard) -> np.ndarray:
         """The colours to draw a model's classes with (its own, else generated)."""
