@@ -10,7 +10,7 @@ way on the same weights, with its time and peak memory: HuggingFace's processor
 ``infer.inference`` with the logits resized back to the photo). For every
 photo it also asks for all drawn outputs (contours, RLE, overlay beside the
 class table and mask) and reports each output's encode time as the server
-measured it (``timings_ms.encode_by_output``). Prints JSON.
+measured it (``encode_by_output_ms``). Prints JSON.
 
     python -m benchmarks.photos [--dir PHOTOS] [--repeat 3]
     python -m benchmarks.photos --encode-only   # the same pipeline in-process, no Ray
@@ -53,10 +53,9 @@ DRAWN_GOAL_MS = 150.0
 
 def encode_split(bodies: list[dict[str, Any]]) -> dict[str, Any]:
     """Median encode time of each output over ``bodies`` (``/v1/segment`` JSON answers)."""
-    names = sorted({k for b in bodies for k in b["timings_ms"].get("encode_by_output", {})})
+    names = sorted({k for b in bodies for k in b.get("encode_by_output_ms", {})})
     split: dict[str, Any] = {
-        name: median([b["timings_ms"]["encode_by_output"].get(name, 0.0) for b in bodies])
-        for name in names
+        name: median([b["encode_by_output_ms"].get(name, 0.0) for b in bodies]) for name in names
     }
     split["encode_total"] = median([b["timings_ms"]["encode"] for b in bodies])
     split["contours_plus_overlay"] = round(

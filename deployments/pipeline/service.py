@@ -141,6 +141,7 @@ class SegmentationService:
         queue_estimate = self.router.queue_ms(card)
         request = PredictRequest(image=decoded.pixels, label_size=label_size, budget_ms=budget_left)
         sent = time.perf_counter()
+        photo = self._prefetch_overlay_photo(data, decoded, options)
         with self.router.in_flight(card, request.pixels):
             prediction = await self.endpoints[name].predict(request)
         returned = time.perf_counter()
@@ -148,8 +149,9 @@ class SegmentationService:
         out_w, out_h = (
             (decoded.width, decoded.height) if options.mask_size == "original" else label_size
         )
+        overlay_photo = None if photo is None else await photo
         encoded = await asyncio.to_thread(
-            self._encode, prediction.labels, (out_w, out_h), card, options, data, decoded
+            self._encode, prediction.labels, (out_w, out_h), card, options, decoded, overlay_photo
         )
         finished = time.perf_counter()
         round_trip_ms = (returned - sent) * 1000
@@ -205,8 +207,8 @@ class SegmentationService:
         mask_size: tuple[int, int],
         card: ModelCard,
         options: SegmentOptions,
-        data: bytes,
         decoded: DecodedImage,
+        overlay_photo: DecodedImage | Exception | None = None,
     ) -> Encoded:
         """Every output asked for, from the model's label map; each one timed.
 
@@ -235,8 +237,14 @@ class SegmentationService:
             with timer("contours"):
                 encoded.contours = self._contours(labels, names, original, options.draw)
         if "overlay" in wanted:
+            if isinstance(overlay_photo, Exception):
+                raise overlay_photo
+            if overlay_photo is None:
+                raise ValueError("outputs=overlay needs the photo: see _prefetch_overlay_photo")
+            # Decoded while the model ran: its time overlaps inference, not encode.
+            encoded.ms["overlay_photo_decode"] = round(overlay_photo.decode_ms, 2)
             with timer("overlay"):
-                encoded.overlay = self._overlay(labels, card, options.draw, data, decoded)
+                encoded.overlay = self._overlay(labels, card, options.draw, overlay_photo, decoded)
         if IMAGE_SEGMENTS in wanted:
             with timer(IMAGE_SEGMENTS):
                 encoded.segments = image_segments(
@@ -267,13 +275,12 @@ class SegmentationService:
         labels: np.ndarray,
         card: ModelCard,
         draw: DrawOptions,
-        data: bytes,
+        photo: DecodedImage,
         decoded: DecodedImage,
     ) -> Overlay:
         defaults = self.config.outputs
         fmt = draw.overlay_format or defaults.overlay_format
         legend = defaults.overlay_legend if draw.legend is None else draw.legend
-        photo = self.overlay_photo(data, decoded)
         size = fit_within(decoded.width, decoded.height, defaults.overlay_max_pixels)
         picture = overlay_image(
             photo.pixels,
@@ -287,6 +294,25 @@ class SegmentationService:
             jpeg_quality=defaults.overlay_jpeg_quality,
         )
         return Overlay(format=fmt, width=size[0], height=size[1], data=picture)
+
+    def _prefetch_overlay_photo(
+        self, data: bytes, decoded: DecodedImage, options: SegmentOptions
+    ) -> asyncio.Task[DecodedImage | Exception] | None:
+        """Start decoding the overlay's photo, to run while the model does (None: no overlay).
+
+        The task never raises: an error is its result, raised by the encode, so a
+        failed prediction leaves no unretrieved exception behind.
+        """
+        if "overlay" not in options.outputs:
+            return None
+
+        async def decode() -> DecodedImage | Exception:
+            try:
+                return await asyncio.to_thread(self.overlay_photo, data, decoded)
+            except Exception as e:
+                return e
+
+        return asyncio.ensure_future(decode())
 
     def overlay_photo(self, data: bytes, decoded: DecodedImage) -> DecodedImage:
         """The photo decoded at the overlay's size.

@@ -55,31 +55,18 @@ class Timings:
     inference: float = 0.0
     encode: float = 0.0
     total: float = 0.0
-    #: Each output's share of ``encode`` (``{"contours": 12.5, "overlay": 40.1}``).
+    #: Each output's share of ``encode`` (``{"contours": 12.5, "overlay": 40.1}``); in
+    #: JSON it is ``encode_by_output_ms`` beside ``timings_ms``.
     encode_by_output: dict[str, float] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        timings: dict[str, Any] = {
+    def to_dict(self) -> dict[str, float]:
+        return {
             "decode": self.decode,
             "queue": self.queue,
             "inference": self.inference,
             "encode": self.encode,
             "total": self.total,
         }
-        if self.encode_by_output:
-            timings["encode_by_output"] = dict(self.encode_by_output)
-        return timings
-
-    @classmethod
-    def from_dict(cls, timings: dict[str, Any]) -> Timings:
-        by_output = timings.get("encode_by_output") or {}
-        return cls(
-            **{k: float(timings.get(k) or 0.0) for k in _TIMING_KEYS},
-            encode_by_output={str(k): float(v) for k, v in by_output.items()},
-        )
-
-
-_TIMING_KEYS = ("decode", "queue", "inference", "encode", "total")
 
 
 @dataclass(frozen=True)
@@ -227,6 +214,8 @@ class SegmentResult:
         if self.overlay is not None:
             body["overlay"] = self.overlay.to_dict()
         body["timings_ms"] = self.timings.to_dict()
+        if self.timings.encode_by_output:
+            body["encode_by_output_ms"] = dict(self.timings.encode_by_output)
         body["batch_size"] = self.batch_size
         body["budget"] = self.budget.to_dict()
         return body
@@ -245,7 +234,12 @@ class SegmentResult:
             classes=None if classes is None else [ClassShare(**row) for row in classes],
             mask_png=base64.b64decode(mask["data"]) if mask else None,
             mask_size=(mask["width"], mask["height"]) if mask else (0, 0),
-            timings=Timings.from_dict(body["timings_ms"]),
+            timings=Timings(
+                **{k: float(v) for k, v in body["timings_ms"].items()},
+                encode_by_output={
+                    str(k): float(v) for k, v in (body.get("encode_by_output_ms") or {}).items()
+                },
+            ),
             batch_size=body["batch_size"],
             budget=Budget(
                 budget_ms=budget.get("budget_ms"),
