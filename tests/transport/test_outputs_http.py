@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -238,3 +239,21 @@ def test_unknown_outputs_and_bad_options_are_422(
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["code"] == "invalid_parameter" and fragment in error["message"]
+
+
+def test_the_cli_writes_each_output_beside_the_mask(client: TestClient, tmp_path: Path) -> None:
+    import json
+
+    from clients.cli import _write_outputs
+
+    result = SegmentResult.from_json(segment(client, outputs=ALL))
+    written = _write_outputs(Path("shop/photo.jpg"), result, tmp_path)
+    assert written == {
+        "mask": str(tmp_path / "photo.labels.png"),
+        "overlay": str(tmp_path / "photo.overlay.jpg"),
+        "contours": str(tmp_path / "photo.contours.json"),
+        "rle": str(tmp_path / "photo.rle.json"),
+    }
+    assert json.loads((tmp_path / "photo.contours.json").read_text()) == result.contours
+    assert json.loads((tmp_path / "photo.rle.json").read_text()) == result.rle
+    assert picture((tmp_path / "photo.overlay.jpg").read_bytes()).shape == (64, 96, 3)
