@@ -37,7 +37,7 @@ from deployments.pipeline.options import AUTO_MODEL, IMAGE_SEGMENTS, DrawOptions
 from deployments.pipeline.outputs import class_table, encode_label_png
 from deployments.pipeline.overlay import overlay_image
 from deployments.pipeline.palette import resolve_palette
-from deployments.pipeline.rle import ClassRle
+from deployments.pipeline.rle import ClassRle, class_rle
 from deployments.pipeline.routing import RouteChoice, Router, explicit
 from deployments.protocols.wire import (
     Budget,
@@ -430,6 +430,8 @@ def scaled_class_rle(
     width, height = size
     if labels.ndim != 2:
         raise ValueError(f"a label map is 2-D, got shape {labels.shape}")
+    if (height, width) == labels.shape:  # nothing to scale: pycocotools' encode is faster
+        return class_rle(labels, names)
     rows = nearest_indices(labels.shape[0], height)
     cols = nearest_indices(labels.shape[1], width)
     # Runs of equal source rows: full rows from row_starts[m] on copy one source row.
