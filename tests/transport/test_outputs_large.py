@@ -27,6 +27,9 @@ from deployments.pipeline.service import SegmentationService
 from deployments.protocols.wire import SegmentResult
 
 WIDTH, HEIGHT = 6000, 4000
+# Pillow's pixel limit is one global that each decode sets from its service's limits;
+# after the other transport services' 12 MP, service.peek_size warns once on this photo.
+pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 #: One full-size label map (uint8); an RGB photo at full size is three times this.
 FULL_LABELS = WIDTH * HEIGHT
 
