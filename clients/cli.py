@@ -1,7 +1,12 @@
 """The ``segserve`` command: segment images and list models, over HTTP or gRPC.
 
     segserve segment photo.jpg [more.jpg ...] [--model NAME] [--budget-ms MS]
-                     [--grpc] [--out-dir DIR] [--json]
+                     [--outputs classes,mask,contours,rle,overlay] [--alpha A]
+                     [--overlay-format jpeg|png] [--legend] [--min-area F]
+                     [--simplify PX] [--max-classes N] [--grpc] [--out-dir DIR] [--json]
+
+With ``--out-dir``, each image's outputs are written there: ``<image>.labels.png``,
+``<image>.overlay.jpg`` (or ``.png``), ``<image>.contours.json``, ``<image>.rle.json``.
     segserve models [--grpc] [--json]
 
 Exit status: 0 when every image was segmented, 1 when any request failed (each
@@ -19,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from clients.http import API_KEY_ENV, DEFAULT_URL, SegServeClient
-from clients.result import SegmentationResult, SegServeClientError
+from clients.result import DrawOptions, SegmentationResult, SegServeClientError
 
 EXIT_FAILED = 1
 EXIT_UNREACHABLE = 3
@@ -27,7 +32,13 @@ EXIT_UNREACHABLE = 3
 
 class _Client(Protocol):
     def segment(
-        self, image: bytes | str | Path, model: str | None = ..., budget_ms: float | None = ...
+        self,
+        image: bytes | str | Path,
+        model: str | None = ...,
+        budget_ms: float | None = ...,
+        outputs: list[str] | None = ...,
+        *,
+        draw: DrawOptions | None = ...,
     ) -> SegmentationResult: ...
 
     def models(self) -> dict[str, Any]: ...
@@ -60,7 +71,19 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("images", nargs="+", type=Path, help="image files")
     segment.add_argument("--model", help="model name (default: the server's choice)")
     segment.add_argument("--budget-ms", type=float, help="latency budget in milliseconds")
-    segment.add_argument("--out-dir", type=Path, help="write <image>.labels.png here")
+    segment.add_argument(
+        "--outputs",
+        help="comma-separated: classes, mask, contours, rle, overlay (default: classes,mask)",
+    )
+    segment.add_argument("--min-area", type=float, help="contours: smallest area (fraction)")
+    segment.add_argument("--simplify", type=float, help="contours: tolerance in pixels")
+    segment.add_argument("--max-classes", type=int, help="contours: at most this many classes")
+    segment.add_argument("--alpha", type=float, help="overlay: colour weight, 0..1")
+    segment.add_argument("--overlay-format", choices=["jpeg", "png"], help="overlay encoding")
+    segment.add_argument(
+        "--legend", action=argparse.BooleanOptionalAction, default=None, help="overlay legend"
+    )
+    segment.add_argument("--out-dir", type=Path, help="write each image's outputs here")
     segment.add_argument("--json", action="store_true", help="one JSON object per image")
 
     models = commands.add_parser("models", help="list the served models")
@@ -93,7 +116,20 @@ def _segment(client: _Client, options: argparse.Namespace) -> int:
         progress = tqdm(total=len(images), unit="image", file=sys.stderr)
     for path in images:
         try:
-            result = client.segment(path, model=options.model, budget_ms=options.budget_ms)
+            result = client.segment(
+                path,
+                model=options.model,
+                budget_ms=options.budget_ms,
+                outputs=options.outputs.split(",") if options.outputs else None,
+                draw=DrawOptions(
+                    min_area=options.min_area,
+                    simplify=options.simplify,
+                    max_classes=options.max_classes,
+                    alpha=options.alpha,
+                    overlay_format=options.overlay_format,
+                    legend=options.legend,
+                ),
+            )
         except SegServeClientError as e:
             if e.code in ("unreachable", "timeout"):
                 print(f"segserve: {e.message}", file=sys.stderr)
@@ -112,10 +148,24 @@ def _segment(client: _Client, options: argparse.Namespace) -> int:
     return EXIT_FAILED if failures else 0
 
 
+def _write_outputs(path: Path, result: SegmentationResult, out_dir: Path) -> dict[str, str]:
+    """Each output the result holds, written beside the others; their paths by output."""
+    written: dict[str, Path] = {}
+    if result.mask_png:
+        written["mask"] = result.save_mask(out_dir / f"{path.stem}.labels.png")
+    if result.overlay is not None:
+        suffix = "jpg" if result.overlay.format == "jpeg" else result.overlay.format
+        written["overlay"] = result.overlay.save(out_dir / f"{path.stem}.overlay.{suffix}")
+    for name, value in (("contours", result.contours), ("rle", result.rle)):
+        if value is not None:
+            target = out_dir / f"{path.stem}.{name}.json"
+            target.write_text(json.dumps(value))
+            written[name] = target
+    return {name: str(target) for name, target in written.items()}
+
+
 def _report(path: Path, result: SegmentationResult, options: argparse.Namespace) -> None:
-    written = None
-    if options.out_dir and result.mask_png:
-        written = result.save_mask(options.out_dir / f"{path.stem}.labels.png")
+    written = _write_outputs(path, result, options.out_dir) if options.out_dir else {}
     if options.json:
         record = {
             "image": str(path),
@@ -125,8 +175,11 @@ def _report(path: Path, result: SegmentationResult, options: argparse.Namespace)
             "height": result.height,
             "classes": [row.to_dict() for row in result.classes or []],
             "timings_ms": result.timings.to_dict(),
-            "mask": str(written) if written else None,
+            "mask": written.get("mask"),
+            "files": written,
         }
+        if result.contours is not None:
+            record["contours"] = len(result.contours)
         print(json.dumps(record))
         return
     header = f"{path}: {result.width}x{result.height}, model {result.model}"
@@ -135,8 +188,8 @@ def _report(path: Path, result: SegmentationResult, options: argparse.Namespace)
     if result.warning:
         print(f"  warning: {result.warning}")
     print(_class_table(result))
-    if written:
-        print(f"  labels: {written}")
+    for name, target in written.items():
+        print(f"  {'labels' if name == 'mask' else name}: {target}")
 
 
 def _models(client: _Client, options: argparse.Namespace) -> int:

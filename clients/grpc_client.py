@@ -15,7 +15,7 @@ import grpc
 import grpc.aio
 
 from clients.http import api_key_or_env
-from clients.result import SegmentationResult, SegServeClientError, read_image
+from clients.result import DrawOptions, SegmentationResult, SegServeClientError, read_image
 from deployments.protocols import segserve_pb2 as pb
 from deployments.protocols import segserve_pb2_grpc as pb_grpc
 from deployments.protocols.wire import (
@@ -40,6 +40,7 @@ def _request(
     outputs: list[str] | None,
     mask_size: str | None,
     strict: bool | None = None,
+    draw: DrawOptions | None = None,
 ) -> pb.SegmentRequest:
     request = pb.SegmentRequest(
         image=read_image(image), model=model or "", mask_size=mask_size or "", outputs=outputs or []
@@ -48,6 +49,18 @@ def _request(
         request.budget_ms = budget_ms
     if strict is not None:
         request.strict = strict
+    draw = draw or DrawOptions()
+    if draw.min_area is not None:
+        request.min_area = draw.min_area
+    if draw.simplify is not None:
+        request.simplify = draw.simplify
+    if draw.max_classes is not None:
+        request.max_classes = draw.max_classes
+    if draw.alpha is not None:
+        request.alpha = draw.alpha
+    if draw.legend is not None:
+        request.legend = draw.legend
+    request.overlay_format = draw.overlay_format or ""
     return request
 
 
@@ -104,8 +117,10 @@ class GrpcSegServeClient:
         mask_size: str | None = None,
         timeout: float | None = None,
         strict: bool | None = None,
+        draw: DrawOptions | None = None,
     ) -> SegmentationResult:
-        request = _request(image, model, budget_ms, outputs, mask_size, strict)
+        """Segment one image; ``outputs`` from classes, mask, contours, rle, overlay."""
+        request = _request(image, model, budget_ms, outputs, mask_size, strict, draw)
         deadline = timeout or self.timeout
         try:
             response = self._stub.Segment(
@@ -160,8 +175,10 @@ class AsyncGrpcSegServeClient:
         mask_size: str | None = None,
         timeout: float | None = None,
         strict: bool | None = None,
+        draw: DrawOptions | None = None,
     ) -> SegmentationResult:
-        request = _request(image, model, budget_ms, outputs, mask_size, strict)
+        """Segment one image; ``outputs`` from classes, mask, contours, rle, overlay."""
+        request = _request(image, model, budget_ms, outputs, mask_size, strict, draw)
         deadline = timeout or self.timeout
         try:
             response = await self._stub.Segment(

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from clients.result import SegmentationResult, SegServeClientError, read_image
+from clients.result import DrawOptions, SegmentationResult, SegServeClientError, read_image
 
 DEFAULT_URL = "http://localhost:8000"
 #: Where the clients read an API key when none is passed.
@@ -31,11 +31,13 @@ def _params(
     outputs: list[str] | None,
     mask_size: str | None,
     strict: bool | None = None,
+    draw: DrawOptions | None = None,
 ) -> dict[str, str]:
     params = {"model": model, "budget_ms": budget_ms, "mask_size": mask_size}
     params["strict"] = None if strict is None else str(strict).lower()
     params["outputs"] = ",".join(outputs) if outputs else None
-    return {key: str(value) for key, value in params.items() if value is not None}
+    chosen = {key: str(value) for key, value in params.items() if value is not None}
+    return chosen | (draw.params() if draw else {})
 
 
 def _check(response: httpx.Response) -> Any:
@@ -75,13 +77,15 @@ class SegServeClient:
         outputs: list[str] | None = None,
         mask_size: str | None = None,
         strict: bool | None = None,
+        draw: DrawOptions | None = None,
     ) -> SegmentationResult:
+        """Segment one image; ``outputs`` from classes, mask, contours, rle, overlay."""
         try:
             response = self._http.post(
                 "/v1/segment",
                 content=read_image(image),
                 headers={"Content-Type": "application/octet-stream"},
-                params=_params(model, budget_ms, outputs, mask_size, strict),
+                params=_params(model, budget_ms, outputs, mask_size, strict, draw),
             )
         except httpx.HTTPError as e:
             raise _transport_error(e, self.url) from e
@@ -124,13 +128,15 @@ class AsyncSegServeClient:
         outputs: list[str] | None = None,
         mask_size: str | None = None,
         strict: bool | None = None,
+        draw: DrawOptions | None = None,
     ) -> SegmentationResult:
+        """Segment one image; ``outputs`` from classes, mask, contours, rle, overlay."""
         try:
             response = await self._http.post(
                 "/v1/segment",
                 content=read_image(image),
                 headers={"Content-Type": "application/octet-stream"},
-                params=_params(model, budget_ms, outputs, mask_size, strict),
+                params=_params(model, budget_ms, outputs, mask_size, strict, draw),
             )
         except httpx.HTTPError as e:
             raise _transport_error(e, self.url) from e

@@ -6,9 +6,10 @@ JSON and protobuf forms are read by the same code that writes them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from deployments.protocols.wire import Budget, ClassShare, SegmentResult, Timings
+from deployments.protocols.wire import Budget, ClassShare, Overlay, SegmentResult, Timings
 
 #: What ``segment()`` returns on every client.
 SegmentationResult = SegmentResult
@@ -16,11 +17,43 @@ SegmentationResult = SegmentResult
 __all__ = [
     "Budget",
     "ClassShare",
+    "DrawOptions",
+    "Overlay",
     "SegServeClientError",
     "SegmentationResult",
     "Timings",
     "read_image",
 ]
+
+
+@dataclass(frozen=True)
+class DrawOptions:
+    """Options of the contours and overlay outputs; None leaves the server's default."""
+
+    #: contours: leave out contours enclosing less than this fraction of the image.
+    min_area: float | None = None
+    #: contours: Douglas-Peucker tolerance in pixels of the original image.
+    simplify: float | None = None
+    #: contours: at most this many classes, largest first.
+    max_classes: int | None = None
+    #: overlay: weight of the class colours over the photo, 0..1.
+    alpha: float | None = None
+    #: overlay: "jpeg" or "png".
+    overlay_format: str | None = None
+    #: overlay: draw a legend of the classes present.
+    legend: bool | None = None
+
+    def params(self) -> dict[str, str]:
+        """As HTTP query parameters."""
+        values = {
+            "min_area": self.min_area,
+            "simplify": self.simplify,
+            "max_classes": self.max_classes,
+            "alpha": self.alpha,
+            "overlay_format": self.overlay_format,
+            "legend": None if self.legend is None else str(self.legend).lower(),
+        }
+        return {key: str(value) for key, value in values.items() if value is not None}
 
 
 class SegServeClientError(Exception):

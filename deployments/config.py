@@ -10,12 +10,15 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deployments.pipeline.imaging import DEFAULT_FORMATS, ImageLimits
+
+if TYPE_CHECKING:
+    from deployments.pipeline.image_contract import SegmentRules
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -421,6 +424,84 @@ class RoutingConfig(StrictModel):
     is left out of the choice rather than holding the request."""
 
 
+class OutputsConfig(StrictModel):
+    """Defaults of the drawn outputs (``outputs=contours,rle,overlay``); a request's own
+    options (``min_area``, ``simplify``, ``max_classes``, ``alpha``, ``overlay_format``,
+    ``legend``) override them."""
+
+    overlay_max_pixels: int = Field(default=2_000_000, ge=1024, le=100_000_000)
+    """The overlay is drawn at the original size up to this many pixels, else scaled down
+    (aspect kept); the photo is decoded only as large as that (JPEG draft mode)."""
+
+    overlay_format: Literal["jpeg", "png"] = "jpeg"
+    """Overlay encoding: JPEG is several times faster to encode for a photo than PNG."""
+
+    overlay_alpha: float = Field(default=0.5, ge=0, le=1)
+    """Weight of the class colour over the photo (0: the photo, 1: the colours only)."""
+
+    overlay_legend: bool = False
+    """Draw a legend of the classes present in the overlay's top-left corner."""
+
+    overlay_jpeg_quality: int = Field(default=90, ge=1, le=100)
+    """JPEG quality of the overlay."""
+
+    contour_min_area: float = Field(default=0.0, ge=0, le=1)
+    """Contours enclosing less than this fraction of the image are left out."""
+
+    contour_simplify: float = Field(default=0.0, ge=0, le=10_000)
+    """Douglas-Peucker tolerance of contours, in pixels of the original image (0: off)."""
+
+    contour_max_classes: int | None = Field(default=None, ge=1)
+    """Contours of at most this many classes (largest first); by default all."""
+
+
+class ImageContractConfig(StrictModel):
+    """The IMAGE preprocessor contract (``POST /preprocessor``): what the IMAGE
+    orchestrator's segmentation preprocessor answers, with the existing one's rules."""
+
+    name: str = "ca.mcgill.a11y.image.preprocessor.semanticSegmentation"
+    """The name the response is filed under (a reverse-domain name)."""
+
+    max_segments: int = Field(default=5, ge=1, le=1000)
+    """Classes considered: this many with the most pixels."""
+
+    min_contour_pixels: float = Field(default=2000, ge=0)
+    """A contour is kept when it encloses at least this many pixels of the original image."""
+
+    min_segment_fraction: float = Field(default=0.05, ge=0, le=1)
+    """A class is kept when its kept contours cover at least this fraction of the image."""
+
+    categories: list[str] = Field(default_factory=lambda: ["photo"])
+    """Content-categoriser categories this preprocessor applies to: when the categoriser has
+    answered false to all of them, the answer is 204."""
+
+    budget_ms: float = Field(default=10_000, gt=0, le=600_000)
+    """Budget of each request (``model=auto``: the best model predicted to answer within it);
+    below the orchestrator's 15 s timeout."""
+
+    max_body_bytes: int = Field(default=96 * 1024 * 1024, ge=1)
+    """Largest request body (JSON with the base64 image and earlier preprocessors' results);
+    the image itself is still bounded by ``limits``."""
+
+    @model_validator(mode="after")
+    def _valid_rules(self) -> ImageContractConfig:
+        self.rules()  # the name pattern and bounds, checked at load time
+        return self
+
+    def rules(self) -> SegmentRules:
+        """The :class:`~deployments.pipeline.image_contract.SegmentRules` of this config."""
+        # Imported here: the contract pulls in OpenCV, which model replicas need not load.
+        from deployments.pipeline.image_contract import SegmentRules
+
+        return SegmentRules(
+            name=self.name,
+            max_segments=self.max_segments,
+            min_contour_pixels=self.min_contour_pixels,
+            min_segment_fraction=self.min_segment_fraction,
+            categories=tuple(self.categories),
+        )
+
+
 class GatewayConfig(StrictModel):
     default_model: str | None = None
     """Model used for ``model=auto``; by default the first model listed."""
@@ -454,6 +535,12 @@ class GatewayConfig(StrictModel):
 
     status: StatusConfig = StatusConfig()
     """Background refresh of model readiness and descriptions (/readyz, /v1/models)."""
+
+    outputs: OutputsConfig = OutputsConfig()
+    """Defaults of the contours, RLE and overlay outputs."""
+
+    image: ImageContractConfig = ImageContractConfig()
+    """The IMAGE preprocessor contract (``POST /preprocessor``)."""
 
     @model_validator(mode="after")
     def _scaling(self) -> GatewayConfig:

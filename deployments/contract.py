@@ -46,6 +46,9 @@ class ModelCard:
     input_spec: InputSpec
     #: Batches timed at replica start: the latency model's seed.
     warmup: tuple[LatencySample, ...] = ()
+    #: The model's class colours (RGB per class id) when its checkpoint or dataset has
+    #: them; None: the gateway draws with a generated palette.
+    palette: tuple[tuple[int, int, int], ...] | None = None
 
 
 @dataclass

@@ -80,14 +80,26 @@ class ModelCore:
         return tuple(samples)
 
     def card(self) -> ModelCard:
+        from deployments.adapters.labels import DATASETS
+        from deployments.pipeline.palette import DATASET_PALETTES
+
+        labels = list(self.adapter.labels)
+        # The checkpoint's own palette (mmseg carries one), else that of the standard
+        # dataset whose classes these are; neither: None (a generated palette).
+        palette = getattr(self.adapter, "palette", None) or next(
+            (DATASET_PALETTES[d] for d, names in DATASETS.items() if names == labels), None
+        )
         return ModelCard(
             name=self.config.name,
             framework=self.adapter.framework,
             weights=self.adapter.weights,
             weights_note=self.adapter.weights_note,
-            labels=list(self.adapter.labels),
+            labels=labels,
             input_spec=self.adapter.input_spec,
             warmup=self.warmup,
+            palette=(
+                tuple((int(c[0]), int(c[1]), int(c[2])) for c in palette) if palette else None
+            ),
         )
 
     def batch_cost(self, request: PredictRequest) -> int:

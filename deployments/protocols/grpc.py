@@ -98,12 +98,22 @@ class SegServeGrpc:
             if from_deadline
             else request.budget_ms
         )
+
+        def optional(name: str) -> Any:
+            return getattr(request, name) if request.HasField(name) else None
+
         options = parse_options(
             request.model or None,
             budget,
             ",".join(request.outputs) or None,
             request.mask_size or None,
-            request.strict if request.HasField("strict") else None,
+            optional("strict"),
+            min_area=optional("min_area"),
+            simplify=optional("simplify"),
+            max_classes=optional("max_classes"),
+            alpha=optional("alpha"),
+            overlay_format=request.overlay_format or None,
+            legend=optional("legend"),
         )
         if from_deadline and options.budget_ms is not None:
             # The call's deadline bounds the answer but does not pick the model.

@@ -201,18 +201,54 @@ def register(app: FastAPI, service: SegmentationService) -> None:
         outputs: str | None = None,
         mask_size: str | None = None,
         strict: str | None = None,
+        min_area: str | None = None,
+        simplify: str | None = None,
+        max_classes: str | None = None,
+        alpha: str | None = None,
+        overlay_format: str | None = None,
+        legend: str | None = None,
     ) -> Response:
-        options: SegmentOptions = parse_options(model, budget_ms, outputs, mask_size, strict)
+        options: SegmentOptions = parse_options(
+            model,
+            budget_ms,
+            outputs,
+            mask_size,
+            strict,
+            min_area=min_area,
+            simplify=simplify,
+            max_classes=max_classes,
+            alpha=alpha,
+            overlay_format=overlay_format,
+            legend=legend,
+        )
         wants_png = _accepts_png_only(request.headers.get("accept", ""))
-        if wants_png:
+        # Accept: image/png with outputs=overlay: the overlay picture is the body (as a
+        # PNG, whatever the configured format), so it is the only output made.
+        wants_overlay = wants_png and "overlay" in options.outputs
+        if wants_overlay:
+            if options.draw.overlay_format not in (None, "png"):
+                raise InvalidParameter(
+                    f"overlay_format={options.draw.overlay_format} contradicts Accept: image/png"
+                )
+            options = replace(
+                options,
+                outputs=frozenset({"overlay"}),
+                draw=replace(options.draw, overlay_format="png"),
+            )
+        elif wants_png:
             options = replace(options, outputs=options.outputs | {"mask"})
         limits = service.config.limits
         data = await read_image(request, limits.max_request_bytes, limits.body_timeout_s)
         result = await service.segment(data, options)
         if wants_png:
-            assert result.mask_png is not None
+            if wants_overlay:
+                assert result.overlay is not None
+                body, size = result.overlay.data, (result.overlay.width, result.overlay.height)
+            else:
+                assert result.mask_png is not None
+                body, size = result.mask_png, result.mask_size
             return Response(
-                result.mask_png,
+                body,
                 media_type="image/png",
                 headers={
                     "X-Segserve-Model": result.model,
@@ -220,6 +256,8 @@ def register(app: FastAPI, service: SegmentationService) -> None:
                     "X-Segserve-Batch-Size": str(result.batch_size),
                     "X-Segserve-Total-Ms": f"{result.timings.total:.1f}",
                     "X-Segserve-Chosen-By": result.budget.chosen_by,
+                    "X-Segserve-Size": f"{size[0]}x{size[1]}",
+                    "X-Segserve-Original-Size": f"{result.width}x{result.height}",
                 },
             )
         return JSONResponse(result.to_json())

@@ -24,31 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$deployments/protocols/segserve.proto\x12\x0bsegserve.v1\"\x98\x01\n\x0eSegmentRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\tbudget_ms\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07outputs\x18\x04 \x03(\t\x12\x11\n\tmask_size\x18\x05 \x01(\t\x12\x13\n\x06strict\x18\x06 \x01(\x08H\x01\x88\x01\x01\x42\x0c\n\n_budget_msB\t\n\x07_strict\"%\n\x04Size\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\"H\n\nClassShare\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06pixels\x18\x03 \x01(\x03\x12\x10\n\x08\x66raction\x18\x04 \x01(\x01\"i\n\x07Timings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x03 \x01(\x01\x12\x11\n\tencode_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"q\n\x06\x42udget\x12\x16\n\tbudget_ms\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0cpredicted_ms\x18\x02 \x01(\x01\x12\x10\n\x03met\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12\x11\n\tchosen_by\x18\x04 \x01(\tB\x0c\n\n_budget_msB\x06\n\x04_met\"\xcb\x02\n\x0fSegmentResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07weights\x18\x02 \x01(\t\x12\x0f\n\x07warning\x18\x03 \x01(\t\x12\x1f\n\x04size\x18\x04 \x01(\x0b\x32\x11.segserve.v1.Size\x12$\n\tprocessed\x18\x05 \x01(\x0b\x32\x11.segserve.v1.Size\x12(\n\x07\x63lasses\x18\x06 \x03(\x0b\x32\x17.segserve.v1.ClassShare\x12\x10\n\x08mask_png\x18\x07 \x01(\x0c\x12$\n\tmask_size\x18\x08 \x01(\x0b\x32\x11.segserve.v1.Size\x12%\n\x07timings\x18\t \x01(\x0b\x32\x14.segserve.v1.Timings\x12\x12\n\nbatch_size\x18\n \x01(\x05\x12#\n\x06\x62udget\x18\x0b \x01(\x0b\x32\x13.segserve.v1.Budget\"\x13\n\x11ListModelsRequest\"\x82\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tframework\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0f\n\x07weights\x18\x04 \x01(\t\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x07 \x01(\t\"S\n\x12ListModelsResponse\x12\x15\n\rdefault_model\x18\x01 \x01(\t\x12&\n\x06models\x18\x02 \x03(\x0b\x32\x16.segserve.v1.ModelInfo2\xa3\x01\n\x0cSegmentation\x12\x44\n\x07Segment\x12\x1b.segserve.v1.SegmentRequest\x1a\x1c.segserve.v1.SegmentResponse\x12M\n\nListModels\x12\x1e.segserve.v1.ListModelsRequest\x1a\x1f.segserve.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$deployments/protocols/segserve.proto\x12\x0bsegserve.v1\"\xe0\x02\n\x0eSegmentRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\tbudget_ms\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07outputs\x18\x04 \x03(\t\x12\x11\n\tmask_size\x18\x05 \x01(\t\x12\x13\n\x06strict\x18\x06 \x01(\x08H\x01\x88\x01\x01\x12\x15\n\x08min_area\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x15\n\x08simplify\x18\x08 \x01(\x01H\x03\x88\x01\x01\x12\x18\n\x0bmax_classes\x18\t \x01(\x05H\x04\x88\x01\x01\x12\x12\n\x05\x61lpha\x18\n \x01(\x01H\x05\x88\x01\x01\x12\x16\n\x0eoverlay_format\x18\x0b \x01(\t\x12\x13\n\x06legend\x18\x0c \x01(\x08H\x06\x88\x01\x01\x42\x0c\n\n_budget_msB\t\n\x07_strictB\x0b\n\t_min_areaB\x0b\n\t_simplifyB\x0e\n\x0c_max_classesB\x08\n\x06_alphaB\t\n\x07_legend\"%\n\x04Size\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\"H\n\nClassShare\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06pixels\x18\x03 \x01(\x03\x12\x10\n\x08\x66raction\x18\x04 \x01(\x01\"\xeb\x01\n\x07Timings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x03 \x01(\x01\x12\x11\n\tencode_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\x12G\n\x13\x65ncode_by_output_ms\x18\x06 \x03(\x0b\x32*.segserve.v1.Timings.EncodeByOutputMsEntry\x1a\x37\n\x15\x45ncodeByOutputMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1d\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x01\x12\t\n\x01y\x18\x02 \x01(\x01\"R\n\x07\x43ontour\x12\x13\n\x0b\x63oordinates\x18\x01 \x03(\x01\x12\x0c\n\x04\x61rea\x18\x02 \x01(\x01\x12$\n\x08\x63\x65ntroid\x18\x03 \x01(\x0b\x32\x12.segserve.v1.Point\"\x85\x01\n\rClassContours\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04\x61rea\x18\x03 \x01(\x01\x12$\n\x08\x63\x65ntroid\x18\x04 \x01(\x0b\x32\x12.segserve.v1.Point\x12&\n\x08\x63ontours\x18\x05 \x03(\x0b\x32\x14.segserve.v1.Contour\"7\n\x08\x43ontours\x12+\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x1a.segserve.v1.ClassContours\"c\n\x08\x43lassRle\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06pixels\x18\x03 \x01(\x03\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06\x63ounts\x18\x06 \x01(\t\"-\n\x03Rle\x12&\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x15.segserve.v1.ClassRle\"H\n\x07Overlay\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x1f\n\x04size\x18\x03 \x01(\x0b\x32\x11.segserve.v1.Size\"q\n\x06\x42udget\x12\x16\n\tbudget_ms\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0cpredicted_ms\x18\x02 \x01(\x01\x12\x10\n\x03met\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12\x11\n\tchosen_by\x18\x04 \x01(\tB\x0c\n\n_budget_msB\x06\n\x04_met\"\xba\x03\n\x0fSegmentResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07weights\x18\x02 \x01(\t\x12\x0f\n\x07warning\x18\x03 \x01(\t\x12\x1f\n\x04size\x18\x04 \x01(\x0b\x32\x11.segserve.v1.Size\x12$\n\tprocessed\x18\x05 \x01(\x0b\x32\x11.segserve.v1.Size\x12(\n\x07\x63lasses\x18\x06 \x03(\x0b\x32\x17.segserve.v1.ClassShare\x12\x10\n\x08mask_png\x18\x07 \x01(\x0c\x12$\n\tmask_size\x18\x08 \x01(\x0b\x32\x11.segserve.v1.Size\x12%\n\x07timings\x18\t \x01(\x0b\x32\x14.segserve.v1.Timings\x12\x12\n\nbatch_size\x18\n \x01(\x05\x12#\n\x06\x62udget\x18\x0b \x01(\x0b\x32\x13.segserve.v1.Budget\x12\'\n\x08\x63ontours\x18\x0c \x01(\x0b\x32\x15.segserve.v1.Contours\x12\x1d\n\x03rle\x18\r \x01(\x0b\x32\x10.segserve.v1.Rle\x12%\n\x07overlay\x18\x0e \x01(\x0b\x32\x14.segserve.v1.Overlay\"\x13\n\x11ListModelsRequest\"\x82\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tframework\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0f\n\x07weights\x18\x04 \x01(\t\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x07 \x01(\t\"S\n\x12ListModelsResponse\x12\x15\n\rdefault_model\x18\x01 \x01(\t\x12&\n\x06models\x18\x02 \x03(\x0b\x32\x16.segserve.v1.ModelInfo2\xa3\x01\n\x0cSegmentation\x12\x44\n\x07Segment\x12\x1b.segserve.v1.SegmentRequest\x1a\x1c.segserve.v1.SegmentResponse\x12M\n\nListModels\x12\x1e.segserve.v1.ListModelsRequest\x1a\x1f.segserve.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'deployments.protocols.segserve_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TIMINGS_ENCODEBYOUTPUTMSENTRY']._loaded_options = None
+  _globals['_TIMINGS_ENCODEBYOUTPUTMSENTRY']._serialized_options = b'8\001'
   _globals['_SEGMENTREQUEST']._serialized_start=54
-  _globals['_SEGMENTREQUEST']._serialized_end=206
-  _globals['_SIZE']._serialized_start=208
-  _globals['_SIZE']._serialized_end=245
-  _globals['_CLASSSHARE']._serialized_start=247
-  _globals['_CLASSSHARE']._serialized_end=319
-  _globals['_TIMINGS']._serialized_start=321
-  _globals['_TIMINGS']._serialized_end=426
-  _globals['_BUDGET']._serialized_start=428
-  _globals['_BUDGET']._serialized_end=541
-  _globals['_SEGMENTRESPONSE']._serialized_start=544
-  _globals['_SEGMENTRESPONSE']._serialized_end=875
-  _globals['_LISTMODELSREQUEST']._serialized_start=877
-  _globals['_LISTMODELSREQUEST']._serialized_end=896
-  _globals['_MODELINFO']._serialized_start=899
-  _globals['_MODELINFO']._serialized_end=1029
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1031
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1114
-  _globals['_SEGMENTATION']._serialized_start=1117
-  _globals['_SEGMENTATION']._serialized_end=1280
+  _globals['_SEGMENTREQUEST']._serialized_end=406
+  _globals['_SIZE']._serialized_start=408
+  _globals['_SIZE']._serialized_end=445
+  _globals['_CLASSSHARE']._serialized_start=447
+  _globals['_CLASSSHARE']._serialized_end=519
+  _globals['_TIMINGS']._serialized_start=522
+  _globals['_TIMINGS']._serialized_end=757
+  _globals['_TIMINGS_ENCODEBYOUTPUTMSENTRY']._serialized_start=702
+  _globals['_TIMINGS_ENCODEBYOUTPUTMSENTRY']._serialized_end=757
+  _globals['_POINT']._serialized_start=759
+  _globals['_POINT']._serialized_end=788
+  _globals['_CONTOUR']._serialized_start=790
+  _globals['_CONTOUR']._serialized_end=872
+  _globals['_CLASSCONTOURS']._serialized_start=875
+  _globals['_CLASSCONTOURS']._serialized_end=1008
+  _globals['_CONTOURS']._serialized_start=1010
+  _globals['_CONTOURS']._serialized_end=1065
+  _globals['_CLASSRLE']._serialized_start=1067
+  _globals['_CLASSRLE']._serialized_end=1166
+  _globals['_RLE']._serialized_start=1168
+  _globals['_RLE']._serialized_end=1213
+  _globals['_OVERLAY']._serialized_start=1215
+  _globals['_OVERLAY']._serialized_end=1287
+  _globals['_BUDGET']._serialized_start=1289
+  _globals['_BUDGET']._serialized_end=1402
+  _globals['_SEGMENTRESPONSE']._serialized_start=1405
+  _globals['_SEGMENTRESPONSE']._serialized_end=1847
+  _globals['_LISTMODELSREQUEST']._serialized_start=1849
+  _globals['_LISTMODELSREQUEST']._serialized_end=1868
+  _globals['_MODELINFO']._serialized_start=1871
+  _globals['_MODELINFO']._serialized_end=2001
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2003
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2086
+  _globals['_SEGMENTATION']._serialized_start=2089
+  _globals['_SEGMENTATION']._serialized_end=2252
 # @@protoc_insertion_point(module_scope)

@@ -7,20 +7,32 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SegmentRequest(_message.Message):
-    __slots__ = ("image", "model", "budget_ms", "outputs", "mask_size", "strict")
+    __slots__ = ("image", "model", "budget_ms", "outputs", "mask_size", "strict", "min_area", "simplify", "max_classes", "alpha", "overlay_format", "legend")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     MASK_SIZE_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
+    MIN_AREA_FIELD_NUMBER: _ClassVar[int]
+    SIMPLIFY_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    LEGEND_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     model: str
     budget_ms: float
     outputs: _containers.RepeatedScalarFieldContainer[str]
     mask_size: str
     strict: bool
-    def __init__(self, image: _Optional[bytes] = ..., model: _Optional[str] = ..., budget_ms: _Optional[float] = ..., outputs: _Optional[_Iterable[str]] = ..., mask_size: _Optional[str] = ..., strict: _Optional[bool] = ...) -> None: ...
+    min_area: float
+    simplify: float
+    max_classes: int
+    alpha: float
+    overlay_format: str
+    legend: bool
+    def __init__(self, image: _Optional[bytes] = ..., model: _Optional[str] = ..., budget_ms: _Optional[float] = ..., outputs: _Optional[_Iterable[str]] = ..., mask_size: _Optional[str] = ..., strict: _Optional[bool] = ..., min_area: _Optional[float] = ..., simplify: _Optional[float] = ..., max_classes: _Optional[int] = ..., alpha: _Optional[float] = ..., overlay_format: _Optional[str] = ..., legend: _Optional[bool] = ...) -> None: ...
 
 class Size(_message.Message):
     __slots__ = ("width", "height")
@@ -43,18 +55,97 @@ class ClassShare(_message.Message):
     def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., pixels: _Optional[int] = ..., fraction: _Optional[float] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("decode_ms", "queue_ms", "inference_ms", "encode_ms", "total_ms")
+    __slots__ = ("decode_ms", "queue_ms", "inference_ms", "encode_ms", "total_ms", "encode_by_output_ms")
+    class EncodeByOutputMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     DECODE_MS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
     ENCODE_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    ENCODE_BY_OUTPUT_MS_FIELD_NUMBER: _ClassVar[int]
     decode_ms: float
     queue_ms: float
     inference_ms: float
     encode_ms: float
     total_ms: float
-    def __init__(self, decode_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., encode_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    encode_by_output_ms: _containers.ScalarMap[str, float]
+    def __init__(self, decode_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., encode_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., encode_by_output_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class Point(_message.Message):
+    __slots__ = ("x", "y")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    x: float
+    y: float
+    def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ...) -> None: ...
+
+class Contour(_message.Message):
+    __slots__ = ("coordinates", "area", "centroid")
+    COORDINATES_FIELD_NUMBER: _ClassVar[int]
+    AREA_FIELD_NUMBER: _ClassVar[int]
+    CENTROID_FIELD_NUMBER: _ClassVar[int]
+    coordinates: _containers.RepeatedScalarFieldContainer[float]
+    area: float
+    centroid: Point
+    def __init__(self, coordinates: _Optional[_Iterable[float]] = ..., area: _Optional[float] = ..., centroid: _Optional[_Union[Point, _Mapping]] = ...) -> None: ...
+
+class ClassContours(_message.Message):
+    __slots__ = ("id", "name", "area", "centroid", "contours")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AREA_FIELD_NUMBER: _ClassVar[int]
+    CENTROID_FIELD_NUMBER: _ClassVar[int]
+    CONTOURS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    name: str
+    area: float
+    centroid: Point
+    contours: _containers.RepeatedCompositeFieldContainer[Contour]
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., area: _Optional[float] = ..., centroid: _Optional[_Union[Point, _Mapping]] = ..., contours: _Optional[_Iterable[_Union[Contour, _Mapping]]] = ...) -> None: ...
+
+class Contours(_message.Message):
+    __slots__ = ("classes",)
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    classes: _containers.RepeatedCompositeFieldContainer[ClassContours]
+    def __init__(self, classes: _Optional[_Iterable[_Union[ClassContours, _Mapping]]] = ...) -> None: ...
+
+class ClassRle(_message.Message):
+    __slots__ = ("id", "name", "pixels", "height", "width", "counts")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PIXELS_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    name: str
+    pixels: int
+    height: int
+    width: int
+    counts: str
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., pixels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., counts: _Optional[str] = ...) -> None: ...
+
+class Rle(_message.Message):
+    __slots__ = ("classes",)
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    classes: _containers.RepeatedCompositeFieldContainer[ClassRle]
+    def __init__(self, classes: _Optional[_Iterable[_Union[ClassRle, _Mapping]]] = ...) -> None: ...
+
+class Overlay(_message.Message):
+    __slots__ = ("data", "format", "size")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    format: str
+    size: Size
+    def __init__(self, data: _Optional[bytes] = ..., format: _Optional[str] = ..., size: _Optional[_Union[Size, _Mapping]] = ...) -> None: ...
 
 class Budget(_message.Message):
     __slots__ = ("budget_ms", "predicted_ms", "met", "chosen_by")
@@ -69,7 +160,7 @@ class Budget(_message.Message):
     def __init__(self, budget_ms: _Optional[float] = ..., predicted_ms: _Optional[float] = ..., met: _Optional[bool] = ..., chosen_by: _Optional[str] = ...) -> None: ...
 
 class SegmentResponse(_message.Message):
-    __slots__ = ("model", "weights", "warning", "size", "processed", "classes", "mask_png", "mask_size", "timings", "batch_size", "budget")
+    __slots__ = ("model", "weights", "warning", "size", "processed", "classes", "mask_png", "mask_size", "timings", "batch_size", "budget", "contours", "rle", "overlay")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     WARNING_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +172,9 @@ class SegmentResponse(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
+    CONTOURS_FIELD_NUMBER: _ClassVar[int]
+    RLE_FIELD_NUMBER: _ClassVar[int]
+    OVERLAY_FIELD_NUMBER: _ClassVar[int]
     model: str
     weights: str
     warning: str
@@ -92,7 +186,10 @@ class SegmentResponse(_message.Message):
     timings: Timings
     batch_size: int
     budget: Budget
-    def __init__(self, model: _Optional[str] = ..., weights: _Optional[str] = ..., warning: _Optional[str] = ..., size: _Optional[_Union[Size, _Mapping]] = ..., processed: _Optional[_Union[Size, _Mapping]] = ..., classes: _Optional[_Iterable[_Union[ClassShare, _Mapping]]] = ..., mask_png: _Optional[bytes] = ..., mask_size: _Optional[_Union[Size, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., batch_size: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
+    contours: Contours
+    rle: Rle
+    overlay: Overlay
+    def __init__(self, model: _Optional[str] = ..., weights: _Optional[str] = ..., warning: _Optional[str] = ..., size: _Optional[_Union[Size, _Mapping]] = ..., processed: _Optional[_Union[Size, _Mapping]] = ..., classes: _Optional[_Iterable[_Union[ClassShare, _Mapping]]] = ..., mask_png: _Optional[bytes] = ..., mask_size: _Optional[_Union[Size, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., batch_size: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., contours: _Optional[_Union[Contours, _Mapping]] = ..., rle: _Optional[_Union[Rle, _Mapping]] = ..., overlay: _Optional[_Union[Overlay, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -55,6 +55,9 @@ class Timings:
     inference: float = 0.0
     encode: float = 0.0
     total: float = 0.0
+    #: Each output's share of ``encode`` (``{"contours": 12.5, "overlay": 40.1}``); in
+    #: JSON it is ``encode_by_output_ms`` beside ``timings_ms``.
+    encode_by_output: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, float]:
         return {
@@ -86,6 +89,48 @@ class Budget:
         }
 
 
+#: Overlay encodings and their media types.
+OVERLAY_MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """The photo with its label map blended on top, encoded as PNG or JPEG."""
+
+    format: str  # "png" | "jpeg"
+    width: int
+    height: int
+    data: bytes = field(repr=False)
+
+    @property
+    def media_type(self) -> str:
+        return OVERLAY_MEDIA_TYPES.get(self.format, "application/octet-stream")
+
+    def save(self, path: str | Path) -> Path:
+        """Write the picture to ``path``."""
+        target = Path(path)
+        target.write_bytes(self.data)
+        return target
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "media_type": self.media_type,
+            "width": self.width,
+            "height": self.height,
+            "data": base64.b64encode(self.data).decode("ascii"),
+        }
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> Overlay:
+        return cls(
+            format=str(body["format"]),
+            width=int(body["width"]),
+            height=int(body["height"]),
+            data=base64.b64decode(body["data"]),
+        )
+
+
 def decode_label_png(data: bytes) -> np.ndarray:
     """A label PNG (8- or 16-bit greyscale, values are class ids) as a label map."""
     with Image.open(io.BytesIO(data)) as image:
@@ -111,6 +156,18 @@ class SegmentResult:
     budget: Budget = field(default_factory=Budget)
     #: Shown when the weights are random (say why), else None.
     warning: str | None = None
+    #: ``outputs=contours``: per class present, largest first, ``{"id", "name", "area",
+    #: "centroid": [x, y], "contours": [{"coordinates": [[x, y], ...], "centroid", "area"}]}``,
+    #: every coordinate and area normalised to [0, 1] by the image's width and height.
+    contours: list[dict[str, Any]] | None = None
+    #: ``outputs=rle``: per class present, ``{"id", "name", "pixels", "size": [h, w],
+    #: "counts"}``, COCO run-length encoding at the mask's size (``pycocotools.mask.decode``
+    #: reads ``{"size", "counts"}``).
+    rle: list[dict[str, Any]] | None = None
+    #: ``outputs=overlay``: the photo with the classes drawn over it.
+    overlay: Overlay | None = None
+    #: The IMAGE preprocessor's segments (``protocols/image.py`` only; never serialised).
+    segments: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
     _labels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -150,7 +207,15 @@ class SegmentResult:
                 "height": self.mask_size[1],
                 "data": base64.b64encode(self.mask_png).decode("ascii"),
             }
+        if self.contours is not None:
+            body["contours"] = self.contours
+        if self.rle is not None:
+            body["rle"] = self.rle
+        if self.overlay is not None:
+            body["overlay"] = self.overlay.to_dict()
         body["timings_ms"] = self.timings.to_dict()
+        if self.timings.encode_by_output:
+            body["encode_by_output_ms"] = dict(self.timings.encode_by_output)
         body["batch_size"] = self.batch_size
         body["budget"] = self.budget.to_dict()
         return body
@@ -169,7 +234,12 @@ class SegmentResult:
             classes=None if classes is None else [ClassShare(**row) for row in classes],
             mask_png=base64.b64decode(mask["data"]) if mask else None,
             mask_size=(mask["width"], mask["height"]) if mask else (0, 0),
-            timings=Timings(**{k: float(v) for k, v in body["timings_ms"].items()}),
+            timings=Timings(
+                **{k: float(v) for k, v in body["timings_ms"].items()},
+                encode_by_output={
+                    str(k): float(v) for k, v in (body.get("encode_by_output_ms") or {}).items()
+                },
+            ),
             batch_size=body["batch_size"],
             budget=Budget(
                 budget_ms=budget.get("budget_ms"),
@@ -178,6 +248,9 @@ class SegmentResult:
                 chosen_by=str(budget.get("chosen_by", "")),
             ),
             warning=body.get("warning"),
+            contours=body.get("contours"),
+            rle=body.get("rle"),
+            overlay=Overlay.from_dict(body["overlay"]) if body.get("overlay") else None,
         )
 
     # ------------------------------------------------------------------ protobuf
@@ -198,6 +271,7 @@ class SegmentResult:
                 inference_ms=t.inference,
                 encode_ms=t.encode,
                 total_ms=t.total,
+                encode_by_output_ms=t.encode_by_output,
             ),
             batch_size=self.batch_size,
         )
@@ -216,6 +290,27 @@ class SegmentResult:
             )
         if self.mask_png is not None:
             response.mask_png = self.mask_png
+        if self.contours is not None:
+            response.contours.SetInParent()  # present even when no class has a contour
+            response.contours.classes.extend(_class_contours_to_proto(c) for c in self.contours)
+        if self.rle is not None:
+            response.rle.SetInParent()
+            response.rle.classes.extend(
+                pb.ClassRle(
+                    id=r["id"],
+                    name=r["name"],
+                    pixels=r["pixels"],
+                    height=r["size"][0],
+                    width=r["size"][1],
+                    counts=r["counts"],
+                )
+                for r in self.rle
+            )
+        if self.overlay is not None:
+            response.overlay.data = self.overlay.data
+            response.overlay.format = self.overlay.format
+            response.overlay.size.width = self.overlay.width
+            response.overlay.size.height = self.overlay.height
         return response
 
     @classmethod
@@ -243,6 +338,7 @@ class SegmentResult:
                 inference=t.inference_ms,
                 encode=t.encode_ms,
                 total=t.total_ms,
+                encode_by_output=dict(t.encode_by_output_ms),
             ),
             batch_size=response.batch_size,
             budget=Budget(
@@ -252,7 +348,78 @@ class SegmentResult:
                 chosen_by=b.chosen_by,
             ),
             warning=response.warning or None,
+            contours=(
+                [_class_contours_from_proto(c) for c in response.contours.classes]
+                if response.HasField("contours")
+                else None
+            ),
+            rle=(
+                [
+                    {
+                        "id": r.id,
+                        "name": r.name,
+                        "pixels": r.pixels,
+                        "size": [r.height, r.width],
+                        "counts": r.counts,
+                    }
+                    for r in response.rle.classes
+                ]
+                if response.HasField("rle")
+                else None
+            ),
+            overlay=(
+                Overlay(
+                    format=response.overlay.format,
+                    width=response.overlay.size.width,
+                    height=response.overlay.size.height,
+                    data=bytes(response.overlay.data),
+                )
+                if response.HasField("overlay")
+                else None
+            ),
         )
+
+
+def _contour_to_proto(contour: dict[str, Any]) -> pb.Contour:
+    from deployments.protocols import segserve_pb2 as pb
+
+    cx, cy = contour["centroid"]
+    flat = [value for point in contour["coordinates"] for value in point]
+    return pb.Contour(coordinates=flat, area=contour["area"], centroid=pb.Point(x=cx, y=cy))
+
+
+def _class_contours_to_proto(row: dict[str, Any]) -> pb.ClassContours:
+    from deployments.protocols import segserve_pb2 as pb
+
+    cx, cy = row["centroid"]
+    return pb.ClassContours(
+        id=row["id"],
+        name=row["name"],
+        area=row["area"],
+        centroid=pb.Point(x=cx, y=cy),
+        contours=[_contour_to_proto(c) for c in row["contours"]],
+    )
+
+
+def _class_contours_from_proto(row: pb.ClassContours) -> dict[str, Any]:
+    """The JSON form of one class's contours (the same dict ``to_json`` writes)."""
+    return {
+        "id": row.id,
+        "name": row.name,
+        "area": row.area,
+        "centroid": [row.centroid.x, row.centroid.y],
+        "contours": [
+            {
+                "coordinates": [
+                    [c.coordinates[i], c.coordinates[i + 1]]
+                    for i in range(0, len(c.coordinates), 2)
+                ],
+                "centroid": [c.centroid.x, c.centroid.y],
+                "area": c.area,
+            }
+            for c in row.contours
+        ],
+    }
 
 
 def random_weights_warning(model: str, note: str | None) -> str:

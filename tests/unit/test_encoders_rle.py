@@ -61,3 +61,29 @@ def test_classes_are_ordered_by_pixels_and_ids_beyond_the_names_are_named() -> N
         (0, "background", 3),
         (1, "a", 1),
     ]
+
+
+# ------------------------------------------------ RLE at a larger mask size, from the small map
+
+
+@pytest.mark.parametrize(
+    ("small", "size"),
+    [
+        (shapes(), (47, 31)),  # the same size
+        (shapes(), (200, 93)),  # upscaled, uneven factors
+        (shapes(), (20, 11)),  # downscaled: rows and columns skipped
+        (np.random.default_rng(2).integers(0, 3, (17, 29)), (301, 77)),
+        (np.full((3, 4), 2), (9, 5)),  # one class, starting with a 1-run
+        (np.array([[1]]), (1, 1)),
+    ],
+)
+def test_scaled_rle_equals_encoding_the_resized_map(small: np.ndarray, size: tuple) -> None:
+    from deployments.pipeline.imaging import resize_labels
+    from deployments.pipeline.service import scaled_class_rle
+
+    small = small.astype(np.uint8)
+    scaled = [r.to_dict() for r in scaled_class_rle(small, size, NAMES)]
+    full = resize_labels(small, *size)
+    assert scaled == [r.to_dict() for r in class_rle(full, NAMES)]
+    for entry in scaled:
+        assert np.array_equal(decode(entry).astype(bool), full == entry["id"])

@@ -108,3 +108,87 @@ def test_config_consistency_checks() -> None:
         parse_args(minimal(weights="maybe"))
     with pytest.raises(ConfigError, match=r"models\.0\.name"):
         parse_args({"models": [{"name": "auto", "framework": "hf_segformer", "source": "x"}]})
+
+
+# ---------------------------------------------------------------- drawn outputs (issue 15)
+
+
+def test_drawn_output_options_parse_from_strings_and_numbers() -> None:
+    from deployments.pipeline.options import DrawOptions
+
+    options = parse_options(
+        outputs="contours, rle,overlay",
+        min_area="0.01",
+        simplify=2,
+        max_classes="3",
+        alpha="0.25",
+        overlay_format="JPG",
+        legend="yes",
+    )
+    assert options.outputs == {"contours", "rle", "overlay"}
+    assert options.draw == DrawOptions(
+        min_area=0.01, simplify=2.0, max_classes=3, alpha=0.25, overlay_format="jpeg", legend=True
+    )
+    # Unset options stay unset: the service fills in gateway.outputs' defaults.
+    assert parse_options(outputs="overlay").draw == DrawOptions()
+    assert parse_options(legend=False, min_area="").draw == DrawOptions(legend=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"min_area": "1.5"}, "min_area must be between 0 and 1, got 1.5"),
+        ({"min_area": "tiny"}, "min_area must be a number"),
+        ({"simplify": "-1"}, "simplify must be between 0"),
+        ({"simplify": "inf"}, "simplify must be between 0"),
+        ({"max_classes": "2.5"}, "max_classes must be a whole number"),
+        ({"max_classes": "100000"}, "max_classes must be between 1 and 65536"),
+        ({"alpha": "-0.1"}, "alpha must be between 0 and 1"),
+        ({"overlay_format": "tiff"}, "overlay_format must be one of jpeg, jpg, png"),
+        ({"legend": "sometimes"}, "legend must be true or false"),
+        ({"outputs": "overlay,heatmap"}, "'heatmap'"),
+    ],
+)
+def test_bad_drawn_output_options_are_422(kwargs: dict, fragment: str) -> None:
+    with pytest.raises(InvalidParameter) as caught:
+        parse_options(**kwargs)
+    assert fragment in caught.value.message
+    assert caught.value.kind.http_status == 422
+
+
+def test_outputs_and_image_contract_config() -> None:
+    args = parse_args(
+        {
+            **minimal(),
+            "gateway": {
+                "outputs": {"overlay_max_pixels": 1_000_000, "overlay_format": "png"},
+                "image": {"max_segments": 3, "min_contour_pixels": 500, "budget_ms": 5000},
+            },
+        }
+    )
+    assert args.gateway.outputs.overlay_max_pixels == 1_000_000
+    assert args.gateway.outputs.overlay_format == "png"
+    rules = args.gateway.image.rules()
+    assert (rules.max_segments, rules.min_contour_pixels) == (3, 500)
+    assert rules.min_segment_fraction == 0.05 and rules.categories == ("photo",)
+    # The defaults are those of IMAGE's own segmentation preprocessor.
+    from deployments.pipeline.image_contract import IMAGE_MMSEMSEG_RULES
+
+    assert parse_args(minimal()).gateway.image.rules() == IMAGE_MMSEMSEG_RULES
+    assert parse_args(minimal()).gateway.image.budget_ms < 15_000  # the orchestrator's timeout
+
+
+@pytest.mark.parametrize(
+    ("gateway", "path"),
+    [
+        ({"outputs": {"overlay_format": "gif"}}, r"gateway\.outputs\.overlay_format"),
+        ({"outputs": {"overlay_alpha": 2}}, r"gateway\.outputs\.overlay_alpha"),
+        ({"outputs": {"overlay_max_pixel": 10}}, r"gateway\.outputs\.overlay_max_pixel"),
+        ({"image": {"name": "not a name"}}, r"gateway\.image"),
+        ({"image": {"min_segment_fraction": 5}}, r"gateway\.image\.min_segment_fraction"),
+        ({"image": {"budget_ms": 0}}, r"gateway\.image\.budget_ms"),
+    ],
+)
+def test_bad_outputs_and_image_config_name_the_key(gateway: dict, path: str) -> None:
+    with pytest.raises(ConfigError, match=path):
+        parse_args({**minimal(), "gateway": gateway})
