@@ -68,9 +68,10 @@ def blend(photo: np.ndarray, labels: np.ndarray, alpha: float) -> np.ndarray:
     """The documented blend: (photo * (256 - A) + colour * A + 128) >> 8, A = round(256 alpha)."""
     weight = round(alpha * 256)
     colours = np.asarray(ADE20K_PALETTE, dtype=np.int64)[labels]
-    return ((photo.astype(np.int64) * (256 - weight) + colours * weight + 128) >> 8).astype(
-        np.uint8
-    )
+    blended: np.ndarray = (
+        (photo.astype(np.int64) * (256 - weight) + colours * weight + 128) >> 8
+    ).astype(np.uint8)
+    return blended
 
 
 def test_every_output_agrees_with_the_label_map(client: TestClient) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,11 +14,11 @@ from deployments.pipeline.imaging import resize_labels
 NAMES = ["background", "a", "b", "c"]
 
 
-def by_id(labels: np.ndarray, **kwargs: object) -> dict[int, dict]:
+def by_id(labels: np.ndarray, **kwargs: object) -> dict[int, dict[str, Any]]:
     return {c.id: c.to_dict() for c in class_contours(labels, NAMES, **kwargs)}  # type: ignore[arg-type]
 
 
-def corners(contour: dict) -> set[tuple[float, float]]:
+def corners(contour: dict[str, Any]) -> set[tuple[float, float]]:
     return {(x, y) for x, y in contour["coordinates"]}
 
 

@@ -32,11 +32,14 @@ def scene(width: int, height: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return photo, labels
 
 
-def expected_blend(photo: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float):
+def expected_blend(
+    photo: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float
+) -> np.ndarray:
     big = resize_labels(labels, photo.shape[1], photo.shape[0])
     weight = round(alpha * 256)
     total = photo.astype(np.int64) * (256 - weight) + palette[big].astype(np.int64) * weight + 128
-    return (total >> 8).astype(np.uint8)
+    blended: np.ndarray = (total >> 8).astype(np.uint8)
+    return blended
 
 
 def decode(data: bytes) -> tuple[str, np.ndarray]:

@@ -16,8 +16,11 @@ NAMES = ["background", "a", "b"]
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
-def decode(entry: dict) -> np.ndarray:
-    return coco_mask.decode({"size": entry["size"], "counts": entry["counts"].encode("ascii")})
+def decode(entry: dict[str, Any]) -> np.ndarray:
+    decoded: np.ndarray = coco_mask.decode(
+        {"size": entry["size"], "counts": entry["counts"].encode("ascii")}
+    )
+    return decoded
 
 
 def shapes() -> np.ndarray:
@@ -77,7 +80,9 @@ def test_classes_are_ordered_by_pixels_and_ids_beyond_the_names_are_named() -> N
         (np.array([[1]]), (1, 1)),
     ],
 )
-def test_scaled_rle_equals_encoding_the_resized_map(small: np.ndarray, size: tuple) -> None:
+def test_scaled_rle_equals_encoding_the_resized_map(
+    small: np.ndarray, size: tuple[int, int]
+) -> None:
     from deployments.pipeline.imaging import resize_labels
     from deployments.pipeline.service import scaled_class_rle
 

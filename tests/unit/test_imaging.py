@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -50,7 +51,9 @@ def solid(mode: str, colour: object, size: tuple[int, int] = (40, 30)) -> Image.
         ("GIF", {}),
     ],
 )
-def test_every_accepted_format_decodes_to_rgb_at_the_model_size(fmt: str, params: dict) -> None:
+def test_every_accepted_format_decodes_to_rgb_at_the_model_size(
+    fmt: str, params: dict[str, Any]
+) -> None:
     data = encode(solid("RGB", (200, 40, 40), (50, 30)), fmt, **params)
     decoded = decode_image(data, SPEC, LIMITS)
     assert (decoded.width, decoded.height) == (50, 30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,7 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
         ({"mask_size": "huge"}, "huge"),
     ],
 )
-def test_bad_options_are_422_with_the_value_in_the_message(kwargs: dict, fragment: str) -> None:
+def test_bad_options_are_422_with_the_value_in_the_message(
+    kwargs: dict[str, Any], fragment: str
+) -> None:
     with pytest.raises(InvalidParameter, match=fragment) as caught:
         parse_options(**kwargs)
     assert caught.value.kind.http_status == 422
@@ -87,7 +90,7 @@ def test_the_shipped_serve_config_validates() -> None:
     assert args.default_model == args.models[0].name
 
 
-def minimal(**model: object) -> dict:
+def minimal(**model: object) -> dict[str, Any]:
     return {"models": [{"name": "m", "framework": "hf_segformer", "source": "x", **model}]}
 
 
@@ -149,7 +152,7 @@ def test_drawn_output_options_parse_from_strings_and_numbers() -> None:
         ({"outputs": "overlay,heatmap"}, "'heatmap'"),
     ],
 )
-def test_bad_drawn_output_options_are_422(kwargs: dict, fragment: str) -> None:
+def test_bad_drawn_output_options_are_422(kwargs: dict[str, Any], fragment: str) -> None:
     with pytest.raises(InvalidParameter) as caught:
         parse_options(**kwargs)
     assert fragment in caught.value.message
@@ -189,6 +192,6 @@ def test_outputs_and_image_contract_config() -> None:
         ({"image": {"budget_ms": 0}}, r"gateway\.image\.budget_ms"),
     ],
 )
-def test_bad_outputs_and_image_config_name_the_key(gateway: dict, path: str) -> None:
+def test_bad_outputs_and_image_config_name_the_key(gateway: dict[str, Any], path: str) -> None:
     with pytest.raises(ConfigError, match=path):
         parse_args({**minimal(), "gateway": gateway})
