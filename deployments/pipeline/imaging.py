@@ -122,7 +122,7 @@ class InputSpec:
 @dataclass(frozen=True)
 class ImageLimits:
     """Per-request bounds; every one is a configuration value, built by
-    ``LimitsConfig.image_limits()`` (config.py holds the defaults and their reasons).
+    ``LimitsConfig.image_limits()`` (deployments/config/ holds the defaults and their reasons).
 
     Besides bytes and pixels, each structural rule of :mod:`prechecks` has its bound
     here; a legitimate file stays far inside every one of them.

@@ -243,7 +243,7 @@ def test_upscaled_labels_stay_blocky() -> None:
 
 
 def test_every_decode_bound_comes_from_the_config() -> None:
-    """config.py holds every default: ImageLimits has none, and LimitsConfig sets each
+    """deployments/config/ holds every default: ImageLimits has none, and LimitsConfig sets each
     field from its own (a changed config value reaches the decode path)."""
     import dataclasses
 
