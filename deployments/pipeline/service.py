@@ -10,20 +10,15 @@ checks) and encode what the client asked for.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-
-import numpy as np
-from pycocotools import mask as coco_mask
 
 from deployments.config import GatewayConfig, ModelConfig, valid_model_name
 from deployments.contract import ModelCard, ModelEndpoint, Prediction, PredictRequest
-from deployments.pipeline.contours import class_contours, class_name, class_pixels
 from deployments.pipeline.decode_pool import DecodePool, shared_pool
+from deployments.pipeline.encoding import OutputEncoder
 from deployments.pipeline.errors import (
     DeadlineExceeded,
     DecodeTimeout,
@@ -31,15 +26,10 @@ from deployments.pipeline.errors import (
     UnknownModel,
     echo,
 )
-from deployments.pipeline.image_contract import segments as image_segments
 from deployments.pipeline.imaging import (
     DecodedImage,
     ImageHeader,
-    InputSpec,
-    decode_image,
     fit_within,
-    nearest_indices,
-    resize_labels,
 )
 from deployments.pipeline.model_status import (
     ModelState,
@@ -47,16 +37,10 @@ from deployments.pipeline.model_status import (
     log_load_note,
     weights_reason,
 )
-from deployments.pipeline.options import AUTO_MODEL, IMAGE_SEGMENTS, DrawOptions, SegmentOptions
-from deployments.pipeline.outputs import class_table, encode_label_png
-from deployments.pipeline.overlay import overlay_image
-from deployments.pipeline.palette import resolve_palette
-from deployments.pipeline.rle import ClassRle, class_rle
+from deployments.pipeline.options import AUTO_MODEL, SegmentOptions
 from deployments.pipeline.routing import RouteChoice, Router, explicit
 from deployments.protocols.wire import (
     Budget,
-    ClassShare,
-    Overlay,
     SegmentResult,
     Timings,
     random_weights_warning,
@@ -95,6 +79,7 @@ class SegmentationService:
         self.status = ModelStatusBoard(
             self.endpoints, gateway.status.refresh_s, gateway.status.probe_timeout_s
         )
+        self.encoder = OutputEncoder(gateway, self.limits)
 
     @property
     def decoder(self) -> DecodePool:
@@ -110,7 +95,6 @@ class SegmentationService:
     def close(self) -> None:
         """Stop the background status refresh (the shared decode pool lives on)."""
         self.status.close()
-        self._palettes: dict[tuple[object, ...], np.ndarray] = {}
 
     def resolve_model(self, requested: str) -> str:
         if requested == AUTO_MODEL:
@@ -188,7 +172,7 @@ class SegmentationService:
         queue_estimate = self.router.queue_ms(card)
         request = PredictRequest(image=decoded.pixels, label_size=label_size, budget_ms=budget_left)
         sent = time.perf_counter()
-        photo = self._prefetch_overlay_photo(data, decoded, options)
+        photo = self.encoder.prefetch_overlay_photo(data, decoded, options)
         with self.router.in_flight(card, request.pixels):
             prediction = await self.endpoints[name].predict(request)
         returned = time.perf_counter()
@@ -198,7 +182,13 @@ class SegmentationService:
         )
         overlay_photo = None if photo is None else await photo
         encoded = await asyncio.to_thread(
-            self._encode, prediction.labels, (out_w, out_h), card, options, decoded, overlay_photo
+            self.encoder.encode,
+            prediction.labels,
+            (out_w, out_h),
+            card,
+            options,
+            decoded,
+            overlay_photo,
         )
         finished = time.perf_counter()
         round_trip_ms = (returned - sent) * 1000
@@ -275,142 +265,6 @@ class SegmentationService:
                     f"budget of {options.budget_ms:g} ms ran out while decoding the image"
                 ) from e
             raise
-
-    def _encode(
-        self,
-        labels: np.ndarray,
-        mask_size: tuple[int, int],
-        card: ModelCard,
-        options: SegmentOptions,
-        decoded: DecodedImage,
-        overlay_photo: DecodedImage | Exception | None = None,
-    ) -> Encoded:
-        """Every output asked for, from the model's label map; each one timed.
-
-        ``labels`` is the server's bounded label map; only the mask PNG and the RLE
-        (at the mask's size) and the overlay (at most ``overlay_max_pixels``) are
-        made larger. Contours and the IMAGE segments are computed on ``labels``
-        itself, with areas and thresholds at the original size.
-        """
-        wanted = options.outputs
-        names = card.labels
-        original = (decoded.width, decoded.height)
-        encoded = Encoded()
-        timer = _Timer(encoded.ms)
-        if "classes" in wanted:
-            with timer("classes"):
-                encoded.classes = class_table(labels, *mask_size, names)
-        if "mask" in wanted:
-            with timer("mask"):
-                encoded.mask_png = encode_label_png(
-                    resize_labels(labels, *mask_size), self.config.png_compress_level
-                )
-        if "rle" in wanted:
-            with timer("rle"):
-                encoded.rle = [r.to_dict() for r in scaled_class_rle(labels, mask_size, names)]
-        if "contours" in wanted:
-            with timer("contours"):
-                encoded.contours = self._contours(labels, names, original, options.draw)
-        if "overlay" in wanted:
-            if isinstance(overlay_photo, Exception):
-                raise overlay_photo
-            if overlay_photo is None:
-                raise ValueError("outputs=overlay needs the photo: see _prefetch_overlay_photo")
-            # Decoded while the model ran: its time overlaps inference, not encode.
-            encoded.ms["overlay_photo_decode"] = round(overlay_photo.decode_ms, 2)
-            with timer("overlay"):
-                encoded.overlay = self._overlay(labels, card, options.draw, overlay_photo, decoded)
-        if IMAGE_SEGMENTS in wanted:
-            with timer(IMAGE_SEGMENTS):
-                encoded.segments = image_segments(
-                    labels, names, original, rules=self.config.image.rules()
-                )
-        return encoded
-
-    def _contours(
-        self,
-        labels: np.ndarray,
-        names: list[str],
-        original: tuple[int, int],
-        draw: DrawOptions,
-    ) -> list[dict[str, Any]]:
-        defaults = self.config.outputs
-        found = class_contours(
-            labels,
-            names,
-            original_size=original,
-            min_area=defaults.contour_min_area if draw.min_area is None else draw.min_area,
-            simplify=defaults.contour_simplify if draw.simplify is None else draw.simplify,
-            max_classes=draw.max_classes or defaults.contour_max_classes,
-        )
-        return [c.to_dict() for c in found]
-
-    def _overlay(
-        self,
-        labels: np.ndarray,
-        card: ModelCard,
-        draw: DrawOptions,
-        photo: DecodedImage,
-        decoded: DecodedImage,
-    ) -> Overlay:
-        defaults = self.config.outputs
-        fmt = draw.overlay_format or defaults.overlay_format
-        legend = defaults.overlay_legend if draw.legend is None else draw.legend
-        size = fit_within(decoded.width, decoded.height, defaults.overlay_max_pixels)
-        picture = overlay_image(
-            photo.pixels,
-            labels,
-            self.palette(card),
-            alpha=defaults.overlay_alpha if draw.alpha is None else draw.alpha,
-            fmt=fmt,
-            max_pixels=defaults.overlay_max_pixels,
-            size=(decoded.width, decoded.height),
-            legend_names=card.labels if legend else None,
-            jpeg_quality=defaults.overlay_jpeg_quality,
-        )
-        return Overlay(format=fmt, width=size[0], height=size[1], data=picture)
-
-    def _prefetch_overlay_photo(
-        self, data: bytes, decoded: DecodedImage, options: SegmentOptions
-    ) -> asyncio.Task[DecodedImage | Exception] | None:
-        """Start decoding the overlay's photo, to run while the model does (None: no overlay).
-
-        The task never raises: an error is its result, raised by the encode, so a
-        failed prediction leaves no unretrieved exception behind.
-        """
-        if "overlay" not in options.outputs:
-            return None
-
-        async def decode() -> DecodedImage | Exception:
-            try:
-                return await asyncio.to_thread(self.overlay_photo, data, decoded)
-            except Exception as e:
-                return e
-
-        return asyncio.ensure_future(decode())
-
-    def overlay_photo(self, data: bytes, decoded: DecodedImage) -> DecodedImage:
-        """The photo decoded at the overlay's size.
-
-        The model's input is smaller (and often not the photo's aspect), so the
-        photo is decoded once more, straight to the overlay's size: a JPEG in
-        draft mode (DCT scaling), so a 6000x4000 photo is never decoded whole for
-        a 2-megapixel overlay. The bytes already passed every check of the first
-        decode.
-        """
-        size = fit_within(decoded.width, decoded.height, self.config.outputs.overlay_max_pixels)
-        if size == decoded.processed_size:
-            return decoded
-        return decode_image(data, InputSpec(size=size), self.limits)
-
-    def palette(self, card: ModelCard) -> np.ndarray:
-        """The colours to draw a model's classes with (its own, else generated)."""
-        key = (card.name, card.palette, len(card.labels))
-        palette = self._palettes.get(key)
-        if palette is None:
-            palette = resolve_palette(len(card.labels), model_palette=card.palette)
-            self._palettes[key] = palette
-        return palette
 
     # ------------------------------------------------------------ models, readiness
 
@@ -497,91 +351,6 @@ class _ReasonedEndpoint:
 
     async def ready(self) -> bool:
         return await self.inner.ready()
-
-
-@dataclass
-class Encoded:
-    """What :meth:`SegmentationService._encode` made, and each output's time (ms)."""
-
-    classes: list[ClassShare] | None = None
-    mask_png: bytes | None = None
-    contours: list[dict[str, Any]] | None = None
-    rle: list[dict[str, Any]] | None = None
-    overlay: Overlay | None = None
-    segments: list[dict[str, Any]] | None = None
-    ms: dict[str, float] = field(default_factory=dict)
-
-
-class _Timer:
-    """``with timer("contours"):`` adds the block's milliseconds to ``times["contours"]``."""
-
-    def __init__(self, times: dict[str, float]) -> None:
-        self.times = times
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            spent = (time.perf_counter() - started) * 1000
-            self.times[name] = round(self.times.get(name, 0.0) + spent, 2)
-
-
-def scaled_class_rle(
-    labels: np.ndarray, size: tuple[int, int], names: Sequence[str]
-) -> list[ClassRle]:
-    """:func:`rle.class_rle` of ``resize_labels(labels, *size)``, without that array.
-
-    The resized map's columns are the small map's columns, each row repeated, so its
-    column-major runs follow from where the small map changes: per class the work
-    is its number of runs, not the output's pixels (a 6000x4000 mask with a hundred
-    classes would otherwise be a hundred full-size masks to compare and encode).
-    pycocotools compresses the counts, so the strings are its own.
-    """
-    width, height = size
-    if labels.ndim != 2:
-        raise ValueError(f"a label map is 2-D, got shape {labels.shape}")
-    if (height, width) == labels.shape:  # nothing to scale: pycocotools' encode is faster
-        return class_rle(labels, names)
-    rows = nearest_indices(labels.shape[0], height)
-    cols = nearest_indices(labels.shape[1], width)
-    # Runs of equal source rows: full rows from row_starts[m] on copy one source row.
-    row_starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-    by_rows = labels[rows[row_starts]]  # (distinct rows, small width)
-    pixels = class_pixels(labels, width, height)
-    result = []
-    for class_id in pixels.ranked():
-        inside = by_rows == class_id
-        # Changes down each source column, at the full row where they happen.
-        change_col, change_m = np.nonzero((inside[1:] != inside[:-1]).T)  # by column
-        change_rows = row_starts[change_m + 1]
-        per_col = np.bincount(change_col, minlength=inside.shape[1])
-        col_offset = np.r_[0, np.cumsum(per_col)[:-1]]
-        counts_per_full_col = per_col[cols]
-        full_col = np.repeat(np.arange(width), counts_per_full_col)
-        first_of_col = np.r_[0, np.cumsum(counts_per_full_col)[:-1]]
-        within = np.arange(len(full_col)) - np.repeat(first_of_col, counts_per_full_col)
-        positions = change_rows[col_offset[cols][full_col] + within] + full_col * height
-        # Changes where one column ends and the next begins, and at the very start.
-        first, last = inside[0, cols], inside[-1, cols]
-        seams = (np.flatnonzero(last[:-1] != first[1:]) + 1) * height
-        start = np.array([0] if first[0] else [], dtype=np.int64)
-        changes = np.sort(np.concatenate([start, seams, positions]).astype(np.int64))
-        counts = np.diff(np.r_[0, changes, width * height])
-        encoded = coco_mask.frPyObjects(
-            {"counts": counts.tolist(), "size": [height, width]}, height, width
-        )
-        result.append(
-            ClassRle(
-                id=class_id,
-                name=class_name(names, class_id),
-                pixels=int(counts[1::2].sum()),
-                size=(height, width),
-                counts=encoded["counts"].decode("ascii"),
-            )
-        )
-    return result
 
 
 def peek_size(data: bytes) -> tuple[int, int] | None:

@@ -93,7 +93,7 @@ def test_the_overlay_photo_is_decoded_near_the_overlay_size(
     from deployments.pipeline.imaging import InputSpec, decode_image
 
     first = decode_image(big_jpeg, InputSpec(size=(128, 128)), service.limits)
-    photo = service.overlay_photo(big_jpeg, first)
+    photo = service.encoder.overlay_photo(big_jpeg, first)
     out_w, out_h = fit_within(WIDTH, HEIGHT, service.config.outputs.overlay_max_pixels)
     assert photo.processed_size == (out_w, out_h)
     # JPEG draft mode: 1/2 scale is the smallest that still covers 1732x1154.

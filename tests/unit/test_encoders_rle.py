@@ -84,7 +84,7 @@ def test_scaled_rle_equals_encoding_the_resized_map(
     small: np.ndarray, size: tuple[int, int]
 ) -> None:
     from deployments.pipeline.imaging import resize_labels
-    from deployments.pipeline.service import scaled_class_rle
+    from deployments.pipeline.rle import scaled_class_rle
 
     small = small.astype(np.uint8)
     scaled = [r.to_dict() for r in scaled_class_rle(small, size, NAMES)]
