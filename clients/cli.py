@@ -3,6 +3,8 @@
     segserve segment photo.jpg [more.jpg ...] [--model NAME] [--budget-ms MS]
                      [--grpc] [--out-dir DIR] [--json]
     segserve models [--grpc] [--json]
+    segserve bench [--grpc] --images DIR --concurrency 1,4,16 | --rate 2,4 ...
+                   (load test; see clients/bench_cli.py)
 
 Exit status: 0 when every image was segmented, 1 when any request failed (each
 failure is reported on stderr), 3 when the server cannot be reached, 2 for usage
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from clients import bench_cli
 from clients.http import DEFAULT_URL, SegServeClient
 from clients.result import SegmentationResult, SegServeClientError
 
@@ -60,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list the served models")
     models.add_argument("--json", action="store_true", help="print the full JSON")
+    bench = commands.add_parser("bench", help="load test: closed/open loop, JSON and a plot")
+    bench_cli.add_arguments(bench)  # its own transport flags after the command too
     for sub in (segment, models):  # accept transport flags after the command too
         sub.add_argument("--grpc", action="store_true", default=argparse.SUPPRESS)
         sub.add_argument("--url", default=argparse.SUPPRESS)
@@ -153,6 +158,8 @@ def _models(client: _Client, options: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = _parser().parse_args(argv)
+    if options.command == "bench":
+        return bench_cli.run(options)
     client = _client(options)
     try:
         if options.command == "segment":
