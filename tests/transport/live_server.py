@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc.aio
 import uvicorn
+from fastapi import FastAPI
 
 from deployments.adapters.device import plan_device
 from deployments.config import GatewayConfig, LimitsConfig, ModelConfig
@@ -51,10 +52,14 @@ def service_over(cores: dict[str, ModelCore], default: str = "tiny") -> Segmenta
     )
 
 
+def demo_app(service: SegmentationService) -> FastAPI:
+    """The gateway's HTTP protocols: ``/v1`` and the try-it page."""
+    return http.build_app(service, (http.register, demo.register))
+
+
 @contextlib.contextmanager
-def serve_http(service: SegmentationService) -> Iterator[str]:
-    """The gateway's HTTP protocols (``/v1`` and the page) on a free port; the base URL."""
-    app = http.build_app(service, (http.register, demo.register))
+def serve_http(app: FastAPI) -> Iterator[str]:
+    """An ASGI app on a free port (uvicorn in a thread); the base URL."""
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
