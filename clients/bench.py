@@ -167,9 +167,7 @@ def attainment(samples: Sequence[Sample], targets_ms: Iterable[float]) -> list[f
     """For each latency target, the share of all requests answered within it."""
     answered = np.sort([s.latency_ms for s in samples if s.ok])
     total = max(1, len(samples))
-    return [
-        round(float(np.searchsorted(answered, t, side="right")) / total, 6) for t in targets_ms
-    ]
+    return [round(float(np.searchsorted(answered, t, side="right")) / total, 6) for t in targets_ms]
 
 
 def attainment_curve(

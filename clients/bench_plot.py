@@ -53,7 +53,9 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
     latency.legend(fontsize=7)
     latency.grid(alpha=0.3)
 
-    closed = sorted((lv for lv in levels if lv["mode"] == "closed"), key=lambda lv: lv["concurrency"])
+    closed = sorted(
+        (lv for lv in levels if lv["mode"] == "closed"), key=lambda lv: lv["concurrency"]
+    )
     group, key, xlabel = (closed, "concurrency", "concurrency (requests in flight)")
     if not closed:
         group = sorted((lv for lv in levels if lv["mode"] == "open"), key=_offered)
@@ -75,8 +77,8 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
     for budget in report["budget_mix"]:
         if budget["budget_ms"] is not None:
             slo.axvline(budget["budget_ms"], color="grey", linestyle="--", linewidth=0.8)
-    slo.set(xlabel="latency target (ms); dashed: the mix's budgets", ylabel="share answered in time",
-            xscale="log", ylim=(0, 1.02))  # fmt: skip
+    slo.set(xlabel="latency target (ms); dashed: the mix's budgets", xscale="log")
+    slo.set(ylabel="share answered in time", ylim=(0, 1.02))
     slo.xaxis.set_major_formatter(ScalarFormatter())
     slo.xaxis.set_minor_formatter(NullFormatter())
     slo.set_title("SLO attainment")

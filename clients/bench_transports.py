@@ -93,8 +93,9 @@ class HttpTransport:
         except ValueError:
             body = {}
         if response.status_code != 200:
-            error = body.get("error") if isinstance(body.get("error"), dict) else {}
-            code = str(error.get("code") or f"http_{response.status_code}")
+            error = body.get("error")
+            code = str(error.get("code") if isinstance(error, dict) else "")
+            code = code or f"http_{response.status_code}"
             return Sample(False, code, latency, budget)
         return Sample(
             True,

@@ -58,7 +58,7 @@ class RecordAuthorization:
 @pytest.fixture(scope="module")
 def page(tiny_segformer_dir: Path) -> Iterator[tuple[str, RecordAuthorization]]:
     recorder = RecordAuthorization(demo_app(service_over(tiny_cores(tiny_segformer_dir))))
-    with serve_http(recorder) as url:  # type: ignore[arg-type]
+    with serve_http(recorder) as url:
         yield url, recorder
 
 

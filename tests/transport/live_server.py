@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc.aio
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from deployments.adapters.device import plan_device
 from deployments.config import GatewayConfig, LimitsConfig, ModelConfig
@@ -58,7 +59,7 @@ def demo_app(service: SegmentationService) -> FastAPI:
 
 
 @contextlib.contextmanager
-def serve_http(app: FastAPI) -> Iterator[str]:
+def serve_http(app: ASGIApp) -> Iterator[str]:
     """An ASGI app on a free port (uvicorn in a thread); the base URL."""
     port = free_port()
     server = uvicorn.Server(
