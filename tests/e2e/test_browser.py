@@ -22,7 +22,13 @@ import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.images import encode, scene
-from tests.transport.live_server import demo_app, serve_http, service_over, tiny_cores
+from tests.transport.live_server import (
+    MAX_REQUEST_BYTES,
+    demo_app,
+    serve_http,
+    service_over,
+    tiny_cores,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "e2e" / "artifacts"
@@ -212,3 +218,9 @@ def test_a_non_image_shows_the_apis_415_message_and_a_key_is_sent(
     assert browser.find_element(By.ID, "stage").is_displayed() is False
     assert recorder.seen and all(v == "Bearer s3cret-key" for v in recorder.seen)
     screenshot(browser, "try-it-415.png")
+
+    # Over the server's byte limit: its 413 message, not a network error.
+    big = tmp_path / "huge.jpg"
+    big.write_bytes(b"\xff\xd8" + bytes(MAX_REQUEST_BYTES + 1024))
+    upload(browser, big)
+    assert text(browser, "#error").startswith("413 payload_too_large: "), text(browser, "#error")

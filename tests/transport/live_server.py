@@ -44,8 +44,11 @@ def tiny_cores(tiny_dir: Path) -> dict[str, ModelCore]:
     return {c.name: ModelCore(c, device) for c in configs}
 
 
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
 def service_over(cores: dict[str, ModelCore], default: str = "tiny") -> SegmentationService:
-    limits = LimitsConfig(max_request_bytes=8 * 1024 * 1024, max_image_pixels=4000 * 3000)
+    limits = LimitsConfig(max_request_bytes=MAX_REQUEST_BYTES, max_image_pixels=4000 * 3000)
     return SegmentationService(
         {name: LocalEndpoint(core) for name, core in cores.items()},
         [core.config for core in cores.values()],
