@@ -29,15 +29,15 @@ def model_stats(served: Served, model: str) -> dict[str, int]:
     return stats
 
 
-def settled(model: str, before: dict[str, float], expected: dict[str, int]) -> dict[str, float]:
-    """The Prometheus deltas once Ray's metrics agent has reported the expected counts
-    (it reports every few seconds); the last values seen after 60 s otherwise."""
+def settled(served: Served, model: str) -> tuple[dict[str, int], dict[str, float]]:
+    """The model's own counts and Prometheus's, once Ray's metrics agent (it reports every
+    few seconds) has caught up with them; the last ones seen after 60 s otherwise."""
     deadline = time.time() + 60
     while True:
-        now = counters(model)
-        delta = {k: now[k] - before[k] for k in now}
-        if all(delta[k] >= expected[k] for k in expected) or time.time() > deadline:
-            return delta
+        stats, seen = model_stats(served, model), counters(model)
+        own = {"ran": stats["requests"], "expired": stats["expired"]}
+        if seen == own or time.time() > deadline:
+            return own, seen
         time.sleep(1)
 
 
@@ -49,7 +49,7 @@ def bench(tmp_path: Path, *args: str) -> dict[str, Any]:
 
 
 def test_closed_loop_counts_match_the_servers_counters(served: Served, tmp_path: Path) -> None:
-    before, stats_before = counters("tiny"), model_stats(served, "tiny")
+    before, _ = settled(served, "tiny")
     figure = tmp_path / "closed.png"
     report = bench(
         tmp_path, "--url", served.url, "--model", "tiny", "--sizes", "96x64,160x120",
@@ -58,11 +58,10 @@ def test_closed_loop_counts_match_the_servers_counters(served: Served, tmp_path:
     )  # fmt: skip
     sent = report["warmup"]["sent"] + sum(lv["sent"] for lv in report["levels"])
     assert [lv["ok"] for lv in report["levels"]] == [8, 8] and sent == 18
-    # The gateway's own view first (exact and immediate), then Prometheus (eventually).
-    stats_after = model_stats(served, "tiny")
-    assert stats_after["requests"] - stats_before["requests"] == sent
-    delta = settled("tiny", before, {"ran": sent})
-    assert delta == {"ran": sent, "expired": 0}
+    # The replica's own counts, and Prometheus's once reported, grew by what was sent.
+    after, prometheus = settled(served, "tiny")
+    assert prometheus == after
+    assert {k: after[k] - before[k] for k in after} == {"ran": sent, "expired": 0}
     with Image.open(figure) as image:
         assert image.format == "PNG"
 
@@ -72,7 +71,7 @@ def test_open_loop_counts_match_the_servers_counters(served: Served, tmp_path: P
     single = httpx.post(
         f"{served.url}/v1/segment", content=_jpeg(), params={"model": "b0"}, timeout=120
     ).json()["timings_ms"]["inference"]
-    before, stats_before = counters("b0"), model_stats(served, "b0")
+    before, _ = settled(served, "b0")
     report = bench(
         tmp_path, "--url", served.url, "--model", "b0", "--sizes", "64x64",
         "--rate", "20", "--requests", "12", "--warmup", "0",
@@ -83,26 +82,26 @@ def test_open_loop_counts_match_the_servers_counters(served: Served, tmp_path: P
     assert set(level["errors"]) <= {"deadline_exceeded"}, level["errors"]
     late_or_dropped = level["errors"].get("deadline_exceeded", 0)
     assert level["ok"] + late_or_dropped == 12
-    stats_after = model_stats(served, "b0")
-    ran = stats_after["requests"] - stats_before["requests"]
-    expired = stats_after["expired"] - stats_before["expired"]
+    after, prometheus = settled(served, "b0")
+    assert prometheus == after
+    ran, expired = after["ran"] - before["ran"], after["expired"] - before["expired"]
     # Every answer was run; a 504 was run and late, dropped unrun by the model, or
     # refused by the gateway before it reached a model.
     assert level["ok"] <= ran <= level["ok"] + late_or_dropped
     assert expired <= late_or_dropped and ran + expired <= 12
-    delta = settled("b0", before, {"ran": ran, "expired": expired})
-    assert delta == {"ran": ran, "expired": expired}
     assert (tmp_path / "open.png").stat().st_size > 0
 
 
 def test_grpc_closed_loop_counts_match(served: Served, tmp_path: Path) -> None:
-    before = counters("tiny")
+    before, _ = settled(served, "tiny")
     report = bench(
         tmp_path, "--grpc", "--grpc-target", served.grpc_target, "--model", "tiny",
         "--sizes", "96x64", "--concurrency", "2", "--requests", "6", "--warmup", "1",
     )  # fmt: skip
     assert report["levels"][0]["ok"] == 6
-    assert settled("tiny", before, {"ran": 7}) == {"ran": 7, "expired": 0}
+    after, prometheus = settled(served, "tiny")
+    assert prometheus == after
+    assert {k: after[k] - before[k] for k in after} == {"ran": 7, "expired": 0}
 
 
 def _jpeg() -> bytes:
