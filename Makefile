@@ -61,7 +61,23 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix deployments clients tests benchmarks
 	$(BIN)/ruff format deployments clients tests benchmarks
 
-test: lint ## Lint, then the whole test suite (unit, integration, e2e)
+# The try-it page's browser test drives Debian's Chromium (a browser's own download step
+# does not work offline); without root or apt-get the test skips and says why.
+browser: ## Install Debian's chromium + chromium-driver when missing (root with apt-get)
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+	  echo "browser: /usr/bin/chromium and /usr/bin/chromedriver are installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      chromium chromium-driver; } \
+	  || echo "browser: apt-get could not install chromium: tests/e2e/test_browser.py will skip"; \
+	else \
+	  echo "browser: no /usr/bin/chromium and not root with apt-get: tests/e2e/test_browser.py will skip"; \
+	fi
+
+screenshots: $(STAMP) browser ## Rewrite docs/try-it.png (the README's) from the browser test
+	SEGSERVE_UPDATE_SCREENSHOTS=1 $(BIN)/pytest tests/e2e/test_browser.py -q
+
+test: lint browser ## Lint, then the whole test suite (unit, integration, e2e)
 	$(BIN)/pytest tests
 
 bench: $(STAMP) ## Benchmarks (JSON on stdout): overhead, photos, transports
@@ -73,4 +89,5 @@ bench: $(STAMP) ## Benchmarks (JSON on stdout): overhead, photos, transports
 clean: ## Remove the virtual environments and caches
 	rm -rf $(VENV) $(CLIENTS_VENV) .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install clients-venv serve proto proto-check lint format test bench clean
+.PHONY: help install clients-venv serve proto proto-check lint format browser screenshots test bench \
+	clean

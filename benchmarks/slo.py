@@ -13,7 +13,9 @@ accurate one's), under three policies:
 
 Reports per run: SLO attainment (answered 200 within the budget, measured at the
 client), goodput (such answers per second), each model's share, and mean quality
-of the answers. Prints JSON.
+of the answers. Prints JSON. The load is ``segserve bench``'s (clients/bench.py):
+its open loop, transport and per-level summary; this script adds the capacity
+measurement, the three policies and the quality comparison.
 
     python -m benchmarks.slo [--duration 45] [--loads 0.5,0.8,1.2]
 """
@@ -22,13 +24,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import time
 from typing import Any
 
 import httpx
 
 from benchmarks.common import default_model, json_stdout, local_serve, shipped_args
+from clients.bench import (
+    NO_BUDGET,
+    BudgetMix,
+    Sample,
+    Workload,
+    run_closed,
+    run_open,
+)
+from clients.bench import summarize as bench_summary
+from clients.bench_transports import HttpTransport, Target
 from deployments.config import AppArgs, parse_args
 from tests.images import encode, scene
 
@@ -49,40 +60,30 @@ def slo_args(args: AppArgs) -> tuple[AppArgs, str, str, dict[str, float]]:
     return parse_args(document), fast.name, accurate.name, quality
 
 
-async def one(
-    http: httpx.AsyncClient, image: bytes, params: dict[str, Any], budget: float
-) -> dict[str, Any]:
-    started = time.perf_counter()
+def transport(url: str, model: str, outputs: tuple[str, ...] = ()) -> HttpTransport:
+    return HttpTransport(Target(url=url, model=model, outputs=outputs, timeout_s=600))
+
+
+async def one_at_a_time(url: str, image: bytes, model: str, count: int) -> list[Sample]:
+    sender = transport(url, model)
     try:
-        response = await http.post("/v1/segment", content=image, params=params)
-        elapsed = (time.perf_counter() - started) * 1000
-        body = response.json()
-        ok = response.status_code == 200
-        return {
-            "ok": ok,
-            "ms": elapsed,
-            "within": ok and elapsed <= budget,
-            "model": body.get("model") if ok else None,
-            "status": response.status_code,
-        }
-    except httpx.HTTPError as e:
-        return {"ok": False, "ms": float("nan"), "within": False, "model": None, "status": str(e)}
+        samples, _ = await run_closed(sender, Workload([image], NO_BUDGET), 1, requests=count)
+    finally:
+        await sender.close()
+    return samples
 
 
 async def closed_loop_rps(
     url: str, image: bytes, model: str, total: int, concurrency: int
 ) -> float:
-    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
-        queue = list(range(total))
-        started = time.perf_counter()
-
-        async def worker() -> None:
-            while queue:
-                queue.pop()
-                await http.post("/v1/segment", content=image, params={"model": model})
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return total / (time.perf_counter() - started)
+    sender = transport(url, model)
+    try:
+        samples, elapsed = await run_closed(
+            sender, Workload([image], NO_BUDGET), concurrency, requests=total
+        )
+    finally:
+        await sender.close()
+    return len(samples) / elapsed
 
 
 async def open_loop(
@@ -94,45 +95,35 @@ async def open_loop(
     policy: str,
     names: tuple[str, str],
     seed: int,
-) -> list[dict[str, Any]]:
+) -> tuple[list[Sample], float]:
+    """segserve bench's open loop: Poisson arrivals, budgets drawn evenly from ``budgets``."""
     fast, accurate = names
-    rng = random.Random(seed)
-    tasks = []
-    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
-        start = time.perf_counter()
-        next_at = 0.0
-        while next_at < duration:
-            delay = start + next_at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            budget = rng.choice(budgets)
-            model = {"auto": "auto", "always_accurate": accurate, "always_fastest": fast}[policy]
-            params = {"model": model, "budget_ms": f"{budget:.0f}", "outputs": "classes"}
-            tasks.append(asyncio.create_task(one(http, image, params, budget)))
-            next_at += rng.expovariate(rate)
-        return list(await asyncio.gather(*tasks))
+    model = {"auto": "auto", "always_accurate": accurate, "always_fastest": fast}[policy]
+    mix = BudgetMix(tuple(budgets), tuple(1 / len(budgets) for _ in budgets))
+    sender = transport(url, model, outputs=("classes",))
+    try:
+        return await run_open(
+            sender, Workload([image], mix, seed=seed), rate, duration=duration, seed=seed
+        )
+    finally:
+        await sender.close()
 
 
-def summarize(
-    rows: list[dict[str, Any]], duration: float, quality: dict[str, float]
-) -> dict[str, Any]:
-    answered = [r for r in rows if r["ok"]]
-    within = [r for r in rows if r["within"]]
-    shares = {
-        name: round(sum(1 for r in answered if r["model"] == name) / max(1, len(answered)), 3)
-        for name in quality
-    }
+def summarize(samples: list[Sample], duration: float, quality: dict[str, float]) -> dict[str, Any]:
+    level = bench_summary(samples, duration, {})
+    answered = [s for s in samples if s.ok]
     mean_quality = (
-        sum(quality[r["model"]] for r in answered) / len(answered) if answered else float("nan")
+        sum(quality[s.model] for s in answered) / len(answered) if answered else float("nan")
     )
     return {
-        "requests": len(rows),
-        "slo_attainment": round(len(within) / max(1, len(rows)), 4),
-        "goodput_rps": round(len(within) / duration, 3),
-        "answered": len(answered),
-        "model_share": shares,
+        "requests": level["sent"],
+        "slo_attainment": round(level["slo_attainment"], 4),
+        "goodput_rps": round(level["goodput_rps"], 3),
+        "answered": level["ok"],
+        "model_share": {name: round(level["model_share"].get(name, 0.0), 3) for name in quality},
         "mean_quality": round(mean_quality, 2),
-        "statuses": sorted({str(r["status"]) for r in rows}),
+        "errors": level["errors"],
+        "latency_ms": level["latency_ms"],
     }
 
 
@@ -153,17 +144,12 @@ def run() -> dict[str, Any]:
     image = encode(scene(640, 480, seed=1), "JPEG", quality=90)
     results: dict[str, Any] = {"benchmark": "slo", "models": quality, "runs": []}
     with local_serve(args) as url:
-        with httpx.Client(base_url=url, timeout=600) as client:
-            single = {}
-            for name in (fast, accurate):
-                times = []
-                for _ in range(4):
-                    began = time.perf_counter()
-                    client.post(
-                        "/v1/segment", content=image, params={"model": name}
-                    ).raise_for_status()
-                    times.append((time.perf_counter() - began) * 1000)
-                single[name] = sorted(times[1:])[1]  # median of the warm ones
+        single = {}
+        for name in (fast, accurate):
+            samples = asyncio.run(one_at_a_time(url, image, name, 4))
+            if not all(s.ok for s in samples):
+                raise SystemExit(f"model {name} failed: {[s.code for s in samples]}")
+            single[name] = sorted(s.latency_ms for s in samples[1:])[1]  # median of warm ones
         # Capacity: what the fast model sustains one request at a time (a budget close to
         # its latency leaves no room to wait for batches); closed-loop, batched, beside it.
         capacity = 1000.0 / single[fast]
@@ -181,7 +167,7 @@ def run() -> dict[str, Any]:
         )
         for load in loads:
             for policy in POLICIES:
-                rows = asyncio.run(
+                rows, _ = asyncio.run(
                     open_loop(
                         url, image, load * capacity, options.duration, budgets, policy,
                         (fast, accurate), options.seed,

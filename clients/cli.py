@@ -8,6 +8,8 @@
 With ``--out-dir``, each image's outputs are written there: ``<image>.labels.png``,
 ``<image>.overlay.jpg`` (or ``.png``), ``<image>.contours.json``, ``<image>.rle.json``.
     segserve models [--grpc] [--json]
+    segserve bench [--grpc] --images DIR --concurrency 1,4,16 | --rate 2,4 ...
+                   (load test; see clients/bench_cli.py)
 
 Exit status: 0 when every image was segmented, 1 when any request failed (each
 failure is reported on stderr), 3 when the server cannot be reached, 2 for usage
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from clients import bench_cli
 from clients.http import API_KEY_ENV, DEFAULT_URL, SegServeClient
 from clients.result import DrawOptions, SegmentationResult, SegServeClientError
 
@@ -88,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list the served models")
     models.add_argument("--json", action="store_true", help="print the full JSON")
+    bench = commands.add_parser("bench", help="load test: closed/open loop, JSON and a plot")
+    bench_cli.add_arguments(bench)  # its own transport flags after the command too
     for sub in (segment, models):  # accept transport flags after the command too
         sub.add_argument("--grpc", action="store_true", default=argparse.SUPPRESS)
         sub.add_argument("--url", default=argparse.SUPPRESS)
@@ -212,6 +217,8 @@ def _models(client: _Client, options: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = _parser().parse_args(argv)
+    if options.command == "bench":
+        return bench_cli.run(options)
     client = _client(options)
     try:
         if options.command == "segment":

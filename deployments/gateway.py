@@ -31,14 +31,14 @@ from deployments.config import GatewayConfig, ModelConfig, deployment_name
 from deployments.contract import ModelCard, Prediction, PredictRequest
 from deployments.pipeline.errors import NotReady, Overloaded, SegServeError
 from deployments.pipeline.service import SegmentationService
-from deployments.protocols import http, image
+from deployments.protocols import demo, http, image
 from deployments.protocols.common import as_client_error
 from deployments.protocols.grpc import SegServeGrpc
 from deployments.protocols.wire import SegmentResult
 
 _REPLICAS_REFRESH_S = 5.0
 #: The HTTP protocols the gateway serves, each ``register(app, service)``.
-HTTP_PROTOCOLS: tuple[http.Registration, ...] = (http.register, image.register)
+HTTP_PROTOCOLS: tuple[http.Registration, ...] = (http.register, image.register, demo.register)
 
 
 def from_ray(error: BaseException) -> SegServeError:
