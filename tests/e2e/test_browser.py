@@ -151,9 +151,10 @@ def test_upload_shows_overlay_legend_model_and_timings(
 
     upload(browser, photo)
     assert browser.find_element(By.ID, "error").is_displayed() is False, text(browser, "#error")
-    # main serves no `overlay` output yet: the page drew it from the label PNG.
-    canvas = browser.find_element(By.ID, "overlay-canvas")
-    assert canvas.is_displayed() and canvas.get_attribute("data-source") == "labels"
+    # The service's own `overlay` output is shown (the page draws one from the label PNG
+    # only for a server without it).
+    overlay = browser.find_element(By.ID, "overlay-image")
+    assert overlay.is_displayed() and overlay.get_attribute("data-source") == "server"
     expected = httpx.post(
         f"{url}/v1/segment",
         content=photo.read_bytes(),

@@ -130,6 +130,7 @@ def grpc_target(cores: dict[str, ModelCore]) -> Iterator[str]:
         started.set()
         await stop.wait()
         await server.stop(None)
+        await methods.service.status.aclose()  # the background status refresh
 
     thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
     thread.start()
