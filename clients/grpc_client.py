@@ -21,8 +21,8 @@ from deployments.protocols import segserve_pb2_grpc as pb_grpc
 from deployments.protocols.wire import (
     BUDGET_METADATA_KEY,
     ERROR_CODE_METADATA_KEY,
-    models_from_proto,
 )
+from deployments.protocols.wire.proto import models_from_proto
 
 DEFAULT_TARGET = "localhost:9000"
 #: Photos of tens of megabytes each way; gRPC's default is 4 MB.

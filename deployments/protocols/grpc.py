@@ -25,6 +25,7 @@ from deployments.pipeline.service import SegmentationService
 from deployments.protocols import segserve_pb2 as pb
 from deployments.protocols import wire
 from deployments.protocols.common import ApiKeys, as_client_error
+from deployments.protocols.wire import proto as wire_proto
 
 
 class CallContext(Protocol):
@@ -133,7 +134,7 @@ class SegServeGrpc:
         described = await self.service.describe_all()
         return pb.ListModelsResponse(
             default_model=self.service.default_model,
-            models=[wire.model_info_to_proto(d) for d in described],
+            models=[wire_proto.model_info_to_proto(d) for d in described],
         )
 
 

@@ -42,13 +42,14 @@ def test_model_replicas_never_load_the_router_or_the_pipeline() -> None:
     assert not forbidden & loaded, forbidden & loaded
 
 
-def test_clients_import_only_the_wire_module_and_the_stubs() -> None:
+def test_clients_import_only_the_wire_package_and_the_stubs() -> None:
     loaded = imported_with("clients.http", "clients.grpc_client", "clients.cli", "clients.result")
     server = {m for m in loaded if m.startswith("deployments")}
     allowed = {
         "deployments",
         "deployments.protocols",
         "deployments.protocols.wire",
+        "deployments.protocols.wire.proto",
         "deployments.protocols.segserve_pb2",
         "deployments.protocols.segserve_pb2_grpc",
     }
