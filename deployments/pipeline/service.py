@@ -13,14 +13,23 @@ import asyncio
 import io
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from deployments.config import GatewayConfig, ModelConfig
 from deployments.contract import ModelCard, ModelEndpoint, PredictRequest
-from deployments.pipeline.errors import DeadlineExceeded, UnknownModel
-from deployments.pipeline.imaging import DecodedImage, decode_image, fit_within, resize_labels
+from deployments.pipeline.errors import DeadlineExceeded, ImageTooLarge, UnknownModel
+from deployments.pipeline.imaging import (
+    DecodedImage,
+    ImageLimits,
+    InputSpec,
+    _to_model_pixels,
+    decode_image,
+    fit_within,
+    resize_labels,
+)
 from deployments.pipeline.options import AUTO_MODEL, SegmentOptions
 from deployments.pipeline.outputs import class_table, encode_label_png
 from deployments.pipeline.routing import RouteChoice, Router, explicit
@@ -31,6 +40,30 @@ from deployments.protocols.wire import (
     Timings,
     random_weights_warning,
 )
+
+#: An output name beside ``classes`` and ``mask``: the label map itself, at the mask size,
+#: kept on :attr:`SegmentResult.labels` (the Open Inference Protocol's ``labels`` tensor)
+#: without a PNG round trip. Not a ``/v1`` option: protocols add it to the options.
+LABEL_MAP_OUTPUT = "labels"
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """Decoded RGB pixels (height x width x 3, uint8) to segment instead of an encoded file.
+
+    The Open Inference Protocol's UINT8 ``image`` tensor; everything after the decode
+    (limits on pixels, routing, the model's resize, batching, outputs) is the same path.
+    """
+
+    array: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 3 or self.array.shape[2] != 3 or self.array.dtype != np.uint8:
+            raise ValueError(f"pixels are HxWx3 uint8, got {self.array.dtype} {self.array.shape}")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.array.shape[1]), int(self.array.shape[0])
 
 
 class SegmentationService:
@@ -102,17 +135,17 @@ class SegmentationService:
 
     # ------------------------------------------------------------ one request
 
-    async def segment(self, data: bytes, options: SegmentOptions) -> SegmentResult:
+    async def segment(self, data: bytes | Pixels, options: SegmentOptions) -> SegmentResult:
         started = time.perf_counter()
 
         def elapsed_ms() -> float:
             return (time.perf_counter() - started) * 1000
 
-        size = peek_size(data)
+        size = peek_size(data) if isinstance(data, bytes) else data.size
         choice, card = await self.route(options, size, elapsed_ms())
         name = choice.name
         decoded: DecodedImage = await asyncio.to_thread(
-            decode_image, data, card.input_spec, self.limits
+            decode_input, data, card.input_spec, self.limits
         )
         decoded_at = time.perf_counter()
         label_size = fit_within(decoded.width, decoded.height, self.models[name].label_max_pixels)
@@ -131,8 +164,8 @@ class SegmentationService:
         out_w, out_h = (
             (decoded.width, decoded.height) if options.mask_size == "original" else label_size
         )
-        classes, png = await asyncio.to_thread(
-            self._encode, prediction.labels, out_w, out_h, card.labels, options.outputs
+        classes, png, label_map = await asyncio.to_thread(
+            self._encode_outputs, prediction.labels, out_w, out_h, card.labels, options.outputs
         )
         finished = time.perf_counter()
         round_trip_ms = (returned - sent) * 1000
@@ -158,6 +191,7 @@ class SegmentationService:
             classes=classes,
             mask_png=png,
             mask_size=(out_w, out_h),
+            _labels=label_map,
             timings=Timings(
                 decode=round(decoded.decode_ms, 2),
                 queue=round(max(0.0, round_trip_ms - prediction.inference_ms), 2),
@@ -192,6 +226,25 @@ class SegmentationService:
                 resize_labels(labels, width, height), self.config.png_compress_level
             )
         return classes, png
+
+    def _encode_outputs(
+        self,
+        labels: np.ndarray,
+        width: int,
+        height: int,
+        names: list[str],
+        outputs: frozenset[str],
+    ) -> tuple[list[ClassShare] | None, bytes | None, np.ndarray | None]:
+        """:meth:`_encode`, plus the label map at the output size when ``outputs`` asks for
+        :data:`LABEL_MAP_OUTPUT` (resized once, for the PNG too)."""
+        if LABEL_MAP_OUTPUT not in outputs:
+            return (*self._encode(labels, width, height, names, outputs), None)
+        label_map = resize_labels(labels, width, height)
+        classes, _ = self._encode(labels, width, height, names, outputs & {"classes"})
+        png = None
+        if "mask" in outputs:
+            png = encode_label_png(label_map, self.config.png_compress_level)
+        return classes, png, label_map
 
     # ------------------------------------------------------------ models, readiness
 
@@ -241,6 +294,32 @@ class SegmentationService:
             return None if ready else name
 
         return [n for n in await asyncio.gather(*(check(n) for n in self.models)) if n]
+
+
+def decode_input(data: bytes | Pixels, spec: InputSpec, limits: ImageLimits) -> DecodedImage:
+    """Encoded bytes through :func:`decode_image`; decoded pixels through the same resize
+    to the model's input spec, within the same pixel limit."""
+    if isinstance(data, bytes):
+        return decode_image(data, spec, limits)
+    started = time.perf_counter()
+    width, height = data.size
+    if width * height > limits.max_pixels:
+        raise ImageTooLarge(
+            f"image is {width}x{height} = {width * height} pixels; "
+            f"the limit is {limits.max_pixels} pixels"
+        )
+    from PIL import Image
+
+    target = spec.target_size(width, height)
+    pixels = _to_model_pixels(Image.fromarray(data.array), spec, target)
+    return DecodedImage(
+        pixels=pixels,
+        width=width,
+        height=height,
+        format="RAW",
+        decoded_size=(width, height),
+        decode_ms=(time.perf_counter() - started) * 1000,
+    )
 
 
 def peek_size(data: bytes) -> tuple[int, int] | None:
