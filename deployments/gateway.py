@@ -34,11 +34,13 @@ from deployments.pipeline.service import SegmentationService
 from deployments.protocols import http
 from deployments.protocols.common import as_client_error
 from deployments.protocols.grpc import SegServeGrpc
+from deployments.protocols.oip import http as oip_http
+from deployments.protocols.oip.grpc import OipGrpc
 from deployments.protocols.wire import SegmentResult
 
 _REPLICAS_REFRESH_S = 5.0
 #: The HTTP protocols the gateway serves, each ``register(app, service)``.
-HTTP_PROTOCOLS: tuple[http.Registration, ...] = (http.register,)
+HTTP_PROTOCOLS: tuple[http.Registration, ...] = (http.register, oip_http.register)
 
 
 def from_ray(error: BaseException) -> SegServeError:
@@ -106,7 +108,7 @@ def _replica_counts(deployment: str) -> dict[str, int]:
 
 @serve.deployment
 @serve.ingress()
-class Gateway(SegServeGrpc):
+class Gateway(SegServeGrpc, OipGrpc):
     def __init__(
         self,
         config: GatewayConfig,

@@ -17,12 +17,12 @@ import pytest
 
 from deployments.protocols.wire import SegmentResult
 from tests.images import encode, jpeg, scene
-from tests.transport.v2_fixtures import (  # noqa: F401  (fixtures)
+from tests.transport.v2_fixtures import (  # noqa: F401  (the *_fixture imports)
     NOT_READY_MODEL,
     Served,
     run_client,
-    served_v2,
-    served_v2_broken,
+    served_v2_broken_fixture,
+    served_v2_fixture,
 )
 
 SCRIPTS = ("triton_http.py", "triton_grpc.py", "kserve_rest.py", "kserve_grpc.py")

@@ -1,4 +1,7 @@
-"""Fixtures of the Open Inference Protocol's transport tests (import them into a test module).
+"""Fixtures of the Open Inference Protocol's transport tests.
+
+A test module imports the ``*_fixture`` functions it uses (pytest finds them by their
+``name``, so the test's parameter does not shadow the import).
 
 ``v2_http`` is the gateway's app with ``/v1`` and ``/v2`` under TestClient; ``v2_grpc`` the
 OIP gRPC methods on a grpc.aio server. ``served_v2`` and ``served_v2_broken`` serve the
@@ -150,33 +153,33 @@ def served(cores: dict[str, ModelCore], *, broken: bool = False) -> Iterator[Ser
         yield Served(http_target, grpc_target)
 
 
-@pytest.fixture(scope="session")
-def v2_http(cores: dict[str, ModelCore]) -> Iterator[TestClient]:
+@pytest.fixture(scope="session", name="v2_http")
+def v2_http_fixture(cores: dict[str, ModelCore]) -> Iterator[TestClient]:
     with TestClient(v2_app(v2_service(cores)), raise_server_exceptions=False) as client:
         yield client
 
 
-@pytest.fixture(scope="session")
-def v2_http_broken(cores: dict[str, ModelCore]) -> Iterator[TestClient]:
+@pytest.fixture(scope="session", name="v2_http_broken")
+def v2_http_broken_fixture(cores: dict[str, ModelCore]) -> Iterator[TestClient]:
     app = v2_app(v2_service(cores, broken=True))
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 
 
-@pytest.fixture(scope="session")
-def v2_grpc(cores: dict[str, ModelCore]) -> Iterator[str]:
+@pytest.fixture(scope="session", name="v2_grpc")
+def v2_grpc_fixture(cores: dict[str, ModelCore]) -> Iterator[str]:
     with grpc_server(v2_service(cores, broken=True)) as target:
         yield target
 
 
-@pytest.fixture(scope="session")
-def served_v2(cores: dict[str, ModelCore]) -> Iterator[Served]:
+@pytest.fixture(scope="session", name="served_v2")
+def served_v2_fixture(cores: dict[str, ModelCore]) -> Iterator[Served]:
     with served(cores) as targets:
         yield targets
 
 
-@pytest.fixture(scope="session")
-def served_v2_broken(cores: dict[str, ModelCore]) -> Iterator[Served]:
+@pytest.fixture(scope="session", name="served_v2_broken")
+def served_v2_broken_fixture(cores: dict[str, ModelCore]) -> Iterator[Served]:
     with served(cores, broken=True) as targets:
         yield targets
 
