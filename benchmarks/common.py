@@ -66,7 +66,10 @@ def free_port() -> int:
 
 
 GRPC_SERVICER = "deployments.protocols.segserve_pb2_grpc.add_SegmentationServicer_to_server"
-OIP_GRPC_SERVICER = "deployments.protocols.oip.open_inference_grpc_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+OIP_GRPC_SERVICER = (
+    "deployments.protocols.oip.open_inference_grpc_pb2_grpc"
+    ".add_GRPCInferenceServiceServicer_to_server"
+)
 
 
 @contextlib.contextmanager

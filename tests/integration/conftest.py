@@ -21,7 +21,10 @@ from deployments.config import AppArgs, ModelConfig, parse_args
 #: Room for the 30 MB PNG test, small enough that the 413 test stays quick.
 MAX_REQUEST_BYTES = 40 * 1024 * 1024
 GRPC_SERVICER = "deployments.protocols.segserve_pb2_grpc.add_SegmentationServicer_to_server"
-OIP_GRPC_SERVICER = "deployments.protocols.oip.open_inference_grpc_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+OIP_GRPC_SERVICER = (
+    "deployments.protocols.oip.open_inference_grpc_pb2_grpc"
+    ".add_GRPCInferenceServiceServicer_to_server"
+)
 
 
 def free_port() -> int:
