@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc.aio
+import numpy as np
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -39,6 +40,7 @@ from deployments.protocols.grpc import SegServeGrpc
 from deployments.protocols.oip import http as oip_http
 from deployments.protocols.oip import open_inference_grpc_pb2_grpc as oip_grpc
 from deployments.protocols.oip.grpc import OipGrpc
+from deployments.protocols.wire import SegmentResult
 from tests.transport.conftest import (
     MAX_REQUEST_BYTES,
     FailingEndpoint,
@@ -182,6 +184,19 @@ def served_v2_fixture(cores: dict[str, ModelCore]) -> Iterator[Served]:
 def served_v2_broken_fixture(cores: dict[str, ModelCore]) -> Iterator[Served]:
     with served(cores, broken=True) as targets:
         yield targets
+
+
+def v1_labels(client: TestClient, data: bytes, model: str = "tiny", **params: str) -> np.ndarray:
+    response = client.post(
+        "/v1/segment",
+        params={"model": model, **params},
+        content=data,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert response.status_code == 200, response.text
+    labels = SegmentResult.from_json(response.json()).labels
+    assert labels is not None
+    return labels
 
 
 # --- the real clients, in their own virtualenv -----------------------------------------
