@@ -134,7 +134,10 @@ async def measure(
     async with (
         AsyncSegServeClient(url, timeout=600) as http,
         AsyncGrpcSegServeClient(target, timeout=600) as rpc,
-        httpx.AsyncClient(base_url=url, timeout=600) as v2_http,
+        # tritonclient sends no Accept-Encoding unless asked to; httpx would ask for gzip.
+        httpx.AsyncClient(
+            base_url=url, timeout=600, headers={"Accept-Encoding": "identity"}
+        ) as v2_http,
         grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel,
     ):
         stub = oip_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]

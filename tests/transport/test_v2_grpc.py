@@ -129,3 +129,19 @@ def test_mistakes_are_client_status_codes(stub: pb_grpc.GRPCInferenceServiceStub
         assert status == (expected or grpc.StatusCode.INVALID_ARGUMENT)
     status, code = status_of(lambda: stub.ModelInfer(bytes_request(jpeg(8, 8), model="gone")))
     assert (status, code) == (grpc.StatusCode.UNAVAILABLE, "not_ready")
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"],
+)
+def test_ray_serve_can_hand_each_method_its_context(method: str) -> None:
+    """Ray Serve's replica passes the call context only as this keyword, found by signature;
+    without it the method is called with the request alone."""
+    import inspect
+
+    from ray.serve._private.constants import GRPC_CONTEXT_ARG_NAME
+
+    from deployments.protocols.oip.grpc import OipGrpc
+
+    assert GRPC_CONTEXT_ARG_NAME in inspect.signature(getattr(OipGrpc, method)).parameters

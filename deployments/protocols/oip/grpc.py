@@ -4,23 +4,55 @@
 (it is one more base class of the gateway deployment, beside ``SegServeGrpc``; the
 names do not clash with segserve.v1's); the same object is a grpc.aio servicer, so
 tests serve it in-process with :class:`LocalOipGrpc`. Errors go through the one
-decorator of :mod:`deployments.protocols.grpc`. Responses carry every output in
+error mapping of :mod:`deployments.protocols.grpc` (``set_error``). Responses carry every output in
 ``raw_output_contents``, in order: tritonclient's gRPC client reads nothing else.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from deployments.pipeline.errors import PayloadTooLarge
 from deployments.pipeline.service import SegmentationService
 from deployments.protocols import wire
-from deployments.protocols.grpc import CallContext, grpc_errors
+from deployments.protocols.grpc import CallContext, Method, set_error
 from deployments.protocols.oip import codecs, dataplane
 from deployments.protocols.oip import open_inference_grpc_pb2 as pb
 
+Request = TypeVar("Request")
+Response = TypeVar("Response")
 
-def _deadline_ms(context: CallContext) -> float | None:
+
+def oip_errors(
+    empty: Callable[[], Response],
+) -> Callable[[Method[Request, Response]], Method[Request, Response]]:
+    """Answer any exception of the method as a status (with ``empty()`` as the body), through
+    :func:`deployments.protocols.grpc.set_error`, the one mapping.
+
+    The call context is named ``grpc_context``: Ray Serve's replica passes it only as a
+    keyword argument of that name (``ray.serve._private.constants.GRPC_CONTEXT_ARG_NAME``)
+    and calls the method with the request alone otherwise; grpc.aio passes it by position.
+    """
+
+    def decorate(method: Method[Request, Response]) -> Method[Request, Response]:
+        @functools.wraps(method)
+        async def wrapper(self: Any, request: Request, grpc_context: CallContext) -> Response:
+            try:
+                return await method(self, request, grpc_context)
+            except Exception as e:
+                set_error(grpc_context, e)
+                return empty()
+
+        return wrapper
+
+    return decorate
+
+
+def _deadline_ms(grpc_context: CallContext) -> float | None:
     """The call's own deadline, when the client sent it as segserve.v1 clients do."""
-    value = wire.budget_from_metadata(context.invocation_metadata())
+    value = wire.budget_from_metadata(grpc_context.invocation_metadata())
     if value is None:
         return None
     try:
@@ -34,41 +66,41 @@ class OipGrpc:
 
     service: SegmentationService
 
-    @grpc_errors(pb.ServerLiveResponse)
+    @oip_errors(pb.ServerLiveResponse)
     async def ServerLive(
-        self, request: pb.ServerLiveRequest, context: CallContext
+        self, request: pb.ServerLiveRequest, grpc_context: CallContext
     ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    @grpc_errors(pb.ServerReadyResponse)
+    @oip_errors(pb.ServerReadyResponse)
     async def ServerReady(
-        self, request: pb.ServerReadyRequest, context: CallContext
+        self, request: pb.ServerReadyRequest, grpc_context: CallContext
     ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=not await dataplane.server_ready(self.service))
 
-    @grpc_errors(pb.ModelReadyResponse)
+    @oip_errors(pb.ModelReadyResponse)
     async def ModelReady(
-        self, request: pb.ModelReadyRequest, context: CallContext
+        self, request: pb.ModelReadyRequest, grpc_context: CallContext
     ) -> pb.ModelReadyResponse:
         ready = await dataplane.model_ready(self.service, request.name, request.version)
         return pb.ModelReadyResponse(ready=ready)
 
-    @grpc_errors(pb.ServerMetadataResponse)
+    @oip_errors(pb.ServerMetadataResponse)
     async def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: CallContext
+        self, request: pb.ServerMetadataRequest, grpc_context: CallContext
     ) -> pb.ServerMetadataResponse:
         return codecs.server_metadata_proto(dataplane.server_metadata())
 
-    @grpc_errors(pb.ModelMetadataResponse)
+    @oip_errors(pb.ModelMetadataResponse)
     async def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, context: CallContext
+        self, request: pb.ModelMetadataRequest, grpc_context: CallContext
     ) -> pb.ModelMetadataResponse:
         described = await dataplane.model_metadata(self.service, request.name, request.version)
         return codecs.model_metadata_proto(described)
 
-    @grpc_errors(pb.ModelInferResponse)
+    @oip_errors(pb.ModelInferResponse)
     async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: CallContext
+        self, request: pb.ModelInferRequest, grpc_context: CallContext
     ) -> pb.ModelInferResponse:
         dataplane.resolve(self.service, request.model_name, request.model_version)
         limit = self.service.config.limits.max_request_bytes
@@ -81,7 +113,7 @@ class OipGrpc:
             request.model_name,
             request.model_version,
             decoded,
-            _deadline_ms(context),
+            _deadline_ms(grpc_context),
         )
         return codecs.encode_grpc_response(
             decoded, result.outputs, model_name=request.model_name, parameters=result.parameters
