@@ -3,6 +3,7 @@ statuses, raw and typed contents, and answers that are ``/v1``'s label maps."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from deployments.protocols.oip import open_inference_grpc_pb2 as pb
 from deployments.protocols.oip import open_inference_grpc_pb2_grpc as pb_grpc
+from deployments.protocols.oip.grpc import OipGrpc
 from deployments.protocols.wire import ERROR_CODE_METADATA_KEY
 from tests.images import encode, jpeg, scene
 from tests.transport.v2_fixtures import (  # noqa: F401  (the *_fixture imports)
@@ -136,12 +138,7 @@ def test_mistakes_are_client_status_codes(stub: pb_grpc.GRPCInferenceServiceStub
     ["ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"],
 )
 def test_ray_serve_can_hand_each_method_its_context(method: str) -> None:
-    """Ray Serve's replica passes the call context only as this keyword, found by signature;
-    without it the method is called with the request alone."""
-    import inspect
-
-    from ray.serve._private.constants import GRPC_CONTEXT_ARG_NAME
-
-    from deployments.protocols.oip.grpc import OipGrpc
-
-    assert GRPC_CONTEXT_ARG_NAME in inspect.signature(getattr(OipGrpc, method)).parameters
+    """Ray Serve's replica passes the call context only as the keyword ``grpc_context``
+    (``ray.serve._private.constants.GRPC_CONTEXT_ARG_NAME``), when the method's signature
+    has it; otherwise it calls the method with the request alone (and the call fails)."""
+    assert "grpc_context" in inspect.signature(getattr(OipGrpc, method)).parameters
