@@ -129,7 +129,7 @@ def v2_grpc_call(
 async def measure(
     url: str, target: str, model: str, photos: dict[str, bytes], requests: int, labels: bool
 ) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     v1_outputs = (codecs.CLASSES, codecs.MASK_PNG)
     async with (
         AsyncSegServeClient(url, timeout=600) as http,
@@ -160,7 +160,11 @@ async def measure(
             calls["v2_grpc_labels"] = v2_grpc_call(stub, model, with_labels)
         for name, data in photos.items():
             for transport, call in calls.items():
-                await call(data)  # warm
+                try:
+                    await call(data)  # warm
+                except Exception as e:  # a transport that cannot answer is reported, not fatal
+                    rows.append({"photo": name, "transport": transport, "error": str(e)[-300:]})
+                    continue
                 for clients in CONCURRENCY:
                     row = await closed_loop(call, data, clients, max(requests, 2 * clients))
                     rows.append({"photo": name, "bytes": len(data), "transport": transport, **row})
@@ -174,13 +178,14 @@ def summarise(rows: list[dict[str, Any]], photos: dict[str, bytes]) -> list[dict
             by = {
                 r["transport"]: r
                 for r in rows
-                if r["photo"] == name and r["concurrency"] == clients
+                if r["photo"] == name and r.get("concurrency") == clients
             }
             entry: dict[str, Any] = {"photo": name, "concurrency": clients}
             for transport, base in (("grpc", "http"), ("v2_http", "http"), ("v2_grpc", "grpc")):
-                entry[f"{transport}_over_{base}_throughput"] = round(
-                    by[transport]["images_per_s"] / by[base]["images_per_s"], 3
-                )
+                ratio = None  # None: one of the two failed (its error is in "runs")
+                if transport in by and base in by:
+                    ratio = round(by[transport]["images_per_s"] / by[base]["images_per_s"], 3)
+                entry[f"{transport}_over_{base}_throughput"] = ratio
             for transport, row in by.items():
                 entry[f"{transport}_overhead_p50_ms"] = row["overhead_p50_ms"]
             summary.append(entry)
