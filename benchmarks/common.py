@@ -66,6 +66,10 @@ def free_port() -> int:
 
 
 GRPC_SERVICER = "deployments.protocols.segserve_pb2_grpc.add_SegmentationServicer_to_server"
+OIP_GRPC_SERVICER = (
+    "deployments.protocols.oip.open_inference_grpc_pb2_grpc"
+    ".add_GRPCInferenceServiceServicer_to_server"
+)
 
 
 @contextlib.contextmanager
@@ -92,7 +96,10 @@ def local_serve_both(args: AppArgs, num_cpus: int | None = None) -> Iterator[tup
         port, grpc_port = free_port(), free_port()
         serve.start(
             http_options={"host": "127.0.0.1", "port": port},
-            grpc_options={"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
+            grpc_options={
+                "port": grpc_port,
+                "grpc_servicer_functions": [GRPC_SERVICER, OIP_GRPC_SERVICER],
+            },
         )
         serve.run(build_app(args), name="segserve", route_prefix="/")
         url = f"http://127.0.0.1:{port}"

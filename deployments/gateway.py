@@ -34,11 +34,18 @@ from deployments.pipeline.service import SegmentationService
 from deployments.protocols import demo, http, image
 from deployments.protocols.common import as_client_error
 from deployments.protocols.grpc import SegServeGrpc
+from deployments.protocols.oip import http as oip_http
+from deployments.protocols.oip.grpc import OipGrpc
 from deployments.protocols.wire import SegmentResult
 
 _REPLICAS_REFRESH_S = 5.0
 #: The HTTP protocols the gateway serves, each ``register(app, service)``.
-HTTP_PROTOCOLS: tuple[http.Registration, ...] = (http.register, image.register, demo.register)
+HTTP_PROTOCOLS: tuple[http.Registration, ...] = (
+    http.register,
+    oip_http.register,
+    image.register,
+    demo.register,
+)
 
 
 def from_ray(error: BaseException) -> SegServeError:
@@ -111,7 +118,7 @@ def _replica_counts(deployment: str) -> dict[str, int]:
 
 @serve.deployment
 @serve.ingress()
-class Gateway(SegServeGrpc):
+class Gateway(SegServeGrpc, OipGrpc):
     def __init__(
         self,
         config: GatewayConfig,

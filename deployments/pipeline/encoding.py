@@ -24,11 +24,18 @@ from deployments.pipeline.imaging import (
     DecodedImage,
     ImageLimits,
     InputSpec,
+    Pixels,
     decode_image,
+    decode_pixels,
     fit_within,
     resize_labels,
 )
-from deployments.pipeline.options import IMAGE_SEGMENTS, DrawOptions, SegmentOptions
+from deployments.pipeline.options import (
+    IMAGE_SEGMENTS,
+    LABEL_MAP_OUTPUT,
+    DrawOptions,
+    SegmentOptions,
+)
 from deployments.pipeline.outputs import class_table, encode_label_png
 from deployments.pipeline.overlay import overlay_image
 from deployments.pipeline.palette import resolve_palette
@@ -68,10 +75,15 @@ class OutputEncoder:
         if "classes" in wanted:
             with timer("classes"):
                 encoded.classes = class_table(labels, *mask_size, names)
+        full: np.ndarray | None = None
+        if LABEL_MAP_OUTPUT in wanted:  # kept for the caller; the PNG reuses it
+            with timer(LABEL_MAP_OUTPUT):
+                full = encoded.labels = resize_labels(labels, *mask_size)
         if "mask" in wanted:
             with timer("mask"):
                 encoded.mask_png = encode_label_png(
-                    resize_labels(labels, *mask_size), self.config.png_compress_level
+                    resize_labels(labels, *mask_size) if full is None else full,
+                    self.config.png_compress_level,
                 )
         if "rle" in wanted:
             with timer("rle"):
@@ -139,7 +151,7 @@ class OutputEncoder:
         return Overlay(format=fmt, width=size[0], height=size[1], data=picture)
 
     def prefetch_overlay_photo(
-        self, data: bytes, decoded: DecodedImage, options: SegmentOptions
+        self, data: bytes | Pixels, decoded: DecodedImage, options: SegmentOptions
     ) -> asyncio.Task[DecodedImage | Exception] | None:
         """Start decoding the overlay's photo, to run while the model does (None: no overlay).
 
@@ -157,7 +169,7 @@ class OutputEncoder:
 
         return asyncio.ensure_future(decode())
 
-    def overlay_photo(self, data: bytes, decoded: DecodedImage) -> DecodedImage:
+    def overlay_photo(self, data: bytes | Pixels, decoded: DecodedImage) -> DecodedImage:
         """The photo decoded at the overlay's size.
 
         The model's input is smaller (and often not the photo's aspect), so the
@@ -169,6 +181,8 @@ class OutputEncoder:
         size = fit_within(decoded.width, decoded.height, self.config.outputs.overlay_max_pixels)
         if size == decoded.processed_size:
             return decoded
+        if isinstance(data, Pixels):
+            return decode_pixels(data, InputSpec(size=size), self.limits)
         return decode_image(data, InputSpec(size=size), self.limits)
 
     def palette(self, card: ModelCard) -> np.ndarray:
@@ -191,6 +205,8 @@ class Encoded:
     rle: list[dict[str, Any]] | None = None
     overlay: Overlay | None = None
     segments: list[dict[str, Any]] | None = None
+    #: The label map at the mask's size (``LABEL_MAP_OUTPUT``).
+    labels: np.ndarray | None = None
     ms: dict[str, float] = field(default_factory=dict)
 
 

@@ -46,8 +46,10 @@ __all__ = [
     "ImageHeader",
     "ImageLimits",
     "InputSpec",
+    "Pixels",
     "class_pixel_counts",
     "decode_image",
+    "decode_pixels",
     "fit_within",
     "nearest_indices",
     "probe_image",
@@ -298,3 +300,44 @@ def _grey_in_blocks(image: Image.Image) -> Image.Image:
         else:
             out[top:bottom] = (np.clip(block.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
     return Image.fromarray(out)
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """Decoded RGB pixels (height x width x 3, uint8) to segment instead of an encoded file.
+
+    The Open Inference Protocol's UINT8 ``image`` tensor; everything after the decode
+    (limits on pixels, routing, the model's resize, batching, outputs) is the same path.
+    """
+
+    array: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 3 or self.array.shape[2] != 3 or self.array.dtype != np.uint8:
+            raise ValueError(f"pixels are HxWx3 uint8, got {self.array.dtype} {self.array.shape}")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.array.shape[1]), int(self.array.shape[0])
+
+
+def decode_pixels(data: Pixels, spec: InputSpec, limits: ImageLimits) -> DecodedImage:
+    """Decoded pixels through the same resize to the model's input spec as a decoded
+    file, within the same pixel limit."""
+    started = time.perf_counter()
+    width, height = data.size
+    if width * height > limits.max_pixels:
+        raise ImageTooLarge(
+            f"image is {width}x{height} = {width * height} pixels; "
+            f"the limit is {limits.max_pixels} pixels"
+        )
+    target = spec.target_size(width, height)
+    pixels = _to_model_pixels(Image.fromarray(data.array), spec, target)
+    return DecodedImage(
+        pixels=pixels,
+        width=width,
+        height=height,
+        format="RAW",
+        decoded_size=(width, height),
+        decode_ms=(time.perf_counter() - started) * 1000,
+    )

@@ -24,6 +24,10 @@ MASK_SIZES = ("original", "model")
 #: Overlay encodings by the name a request uses (``jpg`` is ``jpeg``).
 OVERLAY_FORMATS = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png"}
 AUTO_MODEL = "auto"
+#: An output beside ``classes`` and ``mask``: the label map itself at the mask size, kept
+#: on ``SegmentResult.labels`` (the Open Inference Protocol's ``labels`` tensor) without a
+#: PNG round trip. Not a ``/v1`` option: protocols add it to the options.
+LABEL_MAP_OUTPUT = "labels"
 #: A budget longer than this is a client bug, not a deadline.
 MAX_BUDGET_MS = 600_000.0
 #: Simplification tolerances beyond this (pixels) would reduce any photo to a point.

@@ -29,6 +29,8 @@ from deployments.pipeline.errors import (
 from deployments.pipeline.imaging import (
     DecodedImage,
     ImageHeader,
+    Pixels,
+    decode_pixels,
     fit_within,
 )
 from deployments.pipeline.model_status import (
@@ -149,7 +151,7 @@ class SegmentationService:
 
     # ------------------------------------------------------------ one request
 
-    async def segment(self, data: bytes, options: SegmentOptions) -> SegmentResult:
+    async def segment(self, data: bytes | Pixels, options: SegmentOptions) -> SegmentResult:
         started = time.perf_counter()
 
         def elapsed_ms() -> float:
@@ -158,8 +160,13 @@ class SegmentationService:
         self.resolve_model(options.model)  # an unknown name is a 404 before any decoding
         # Header once, off the event loop, only with the accepted formats' parsers; the
         # decode reuses it. Every error about the bytes comes before any model is asked.
-        header = await self.decoder.probe(data, self.limits)
-        choice, card = await self.route(options, header.display_size, elapsed_ms())
+        header: ImageHeader | None = None
+        if isinstance(data, Pixels):
+            size = data.size
+        else:
+            header = await self.decoder.probe(data, self.limits)
+            size = header.display_size
+        choice, card = await self.route(options, size, elapsed_ms())
         name = choice.name
         decoded = await self._decode(data, card, header, options, elapsed_ms())
         decoded_at = time.perf_counter()
@@ -214,6 +221,7 @@ class SegmentationService:
             classes=encoded.classes,
             mask_png=encoded.mask_png,
             mask_size=(out_w, out_h),
+            _labels=encoded.labels,
             timings=Timings(
                 decode=round(decoded.decode_ms, 2),
                 queue=round(max(0.0, round_trip_ms - prediction.inference_ms), 2),
@@ -240,9 +248,9 @@ class SegmentationService:
 
     async def _decode(
         self,
-        data: bytes,
+        data: bytes | Pixels,
         card: ModelCard,
-        header: ImageHeader,
+        header: ImageHeader | None,
         options: SegmentOptions,
         elapsed: float,
     ) -> DecodedImage:
@@ -254,6 +262,8 @@ class SegmentationService:
                 raise DeadlineExceeded(
                     f"budget of {options.budget_ms:g} ms used up before the model could run"
                 )
+        if isinstance(data, Pixels):  # already decoded (a UINT8 tensor): only the resize
+            return await asyncio.to_thread(decode_pixels, data, card.input_spec, self.limits)
         try:
             return await self.decoder.decode(
                 data, card.input_spec, self.limits, header, timeout_s=budget_s

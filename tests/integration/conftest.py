@@ -28,6 +28,10 @@ from deployments.config import (
 #: Room for the 30 MB PNG test, small enough that the 413 test stays quick.
 MAX_REQUEST_BYTES = 40 * 1024 * 1024
 GRPC_SERVICER = "deployments.protocols.segserve_pb2_grpc.add_SegmentationServicer_to_server"
+OIP_GRPC_SERVICER = (
+    "deployments.protocols.oip.open_inference_grpc_pb2_grpc"
+    ".add_GRPCInferenceServiceServicer_to_server"
+)
 
 
 def free_port() -> int:
@@ -156,7 +160,10 @@ def served(tiny_segformer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     port, grpc_port = free_port(), free_port()
     serve.start(
         http_options={"host": "127.0.0.1", "port": port},
-        grpc_options={"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
+        grpc_options={
+            "port": grpc_port,
+            "grpc_servicer_functions": [GRPC_SERVICER, OIP_GRPC_SERVICER],
+        },
     )
     args = integration_args(tiny_segformer_dir, mmseg_checkpoint, paddle_params)
     serve.run(build_app(args), name="segserve", route_prefix="/")

@@ -25,8 +25,10 @@ def summarise(report: Report, case: str, response: Any) -> dict[str, Any]:
     tensors = {output.name: output.as_numpy() for output in response.outputs}
     parameters = response.parameters
     if parameters is not None and not isinstance(parameters, dict):  # gRPC MessageMap
+        # A kind KServe's proto lacks (double_param) has no choice: shown as None.
         parameters = {
-            k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in parameters.items()
+            k: getattr(v, kind) if (kind := v.WhichOneof("parameter_choice")) else None
+            for k, v in parameters.items()
         }
     return {
         "id": response.id,
@@ -70,6 +72,8 @@ async def run_cases(
 
     for name, call in health.items():
         await case(name, call)
+    if args.health_only:
+        return
     one = lambda: [bytes_input([encoded], [1])]  # noqa: E731
     await case("infer_bytes_1", run("infer_bytes_1", one()))
     await case("infer_bytes_2x1", run("infer_bytes_2x1", [bytes_input([encoded] * 2, [2, 1])]))

@@ -33,6 +33,9 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--model", default="segformer", help="a served model name")
     parser.add_argument("--not-ready-model", help="a configured model that is not ready")
     parser.add_argument("--out", required=True, type=Path, help="folder for labels/PNGs")
+    parser.add_argument(
+        "--health-only", action="store_true", help="only the liveness and readiness cases"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.image2 = args.image2 or args.image

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import tritonclient.grpc as grpcclient
 from _report import Report, parse_args, rgb_pixels
-from google.protobuf.json_format import MessageToDict
 from tritonclient.utils import InferenceServerException
 
 
@@ -39,7 +38,10 @@ def main() -> None:
             "id": response.id,
             "model_name": response.model_name,
             "model_version": response.model_version,
-            "parameters": MessageToDict(response)["parameters"] if response.parameters else {},
+            "parameters": {
+                k: getattr(v, v.WhichOneof("parameter_choice"))
+                for k, v in response.parameters.items()
+            },
             "outputs": report.outputs(case, tensors),
         }
 
@@ -52,6 +54,10 @@ def main() -> None:
     c("model_ready_unknown", lambda: client.is_model_ready("no-such-model"), status)
     if args.not_ready_model:
         c("model_ready_not_ready", lambda: client.is_model_ready(args.not_ready_model), status)
+    if args.health_only:
+        client.close()
+        report.emit()
+        return
     c("server_metadata", lambda: client.get_server_metadata(as_json=True), status)
     c("model_metadata", lambda: client.get_model_metadata(args.model, as_json=True), status)
     c("model_metadata_unknown", lambda: client.get_model_metadata("no-such-model"), status)

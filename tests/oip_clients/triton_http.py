@@ -56,6 +56,10 @@ def main() -> None:
     c("model_ready_unknown", lambda: client.is_model_ready("no-such-model"), status)
     if args.not_ready_model:
         c("model_ready_not_ready", lambda: client.is_model_ready(args.not_ready_model), status)
+    if args.health_only:
+        client.close()
+        report.emit()
+        return
     c("server_metadata", client.get_server_metadata, status)
     c("model_metadata", lambda: client.get_model_metadata(args.model), status)
     c("model_metadata_version_1", lambda: client.get_model_metadata(args.model, "1"), status)
