@@ -63,7 +63,9 @@ async def run_cases(
                 },
             }
 
-    def run(name: str, inputs: list[InferInput], model: str | None = None, **kw: Any):
+    def run(
+        name: str, inputs: list[InferInput], model: str | None = None, **kw: Any
+    ) -> Callable[[], Awaitable[dict[str, Any]]]:
         async def call() -> dict[str, Any]:
             request = InferRequest(model_name=model or args.model, infer_inputs=inputs, **kw)
             return summarise(report, name, await infer(request))
@@ -74,7 +76,7 @@ async def run_cases(
         await case(name, call)
     if args.health_only:
         return
-    one = lambda: [bytes_input([encoded], [1])]  # noqa: E731
+    one: Callable[[], list[InferInput]] = lambda: [bytes_input([encoded], [1])]  # noqa: E731
     await case("infer_bytes_1", run("infer_bytes_1", one()))
     await case("infer_bytes_2x1", run("infer_bytes_2x1", [bytes_input([encoded] * 2, [2, 1])]))
     await case("infer_bytes_2", run("infer_bytes_2", [bytes_input([encoded] * 2, [2])]))

@@ -6,6 +6,7 @@ python kserve_rest.py --url http://127.0.0.1:8000 --image photo.jpg --out DIR [-
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 from _kserve_cases import run_cases
@@ -31,7 +32,7 @@ async def main() -> None:
     if args.not_ready_model:
         health["model_ready_not_ready"] = lambda: client.is_model_ready(base, args.not_ready_model)
 
-    async def infer(request):
+    async def infer(request: Any) -> Any:
         return await client.infer(base, request, model_name=request.model_name)
 
     await run_cases(report, args, infer, health, status)

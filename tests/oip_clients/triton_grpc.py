@@ -5,6 +5,8 @@ python triton_grpc.py --url 127.0.0.1:9000 --image photo.jpg --out DIR [--model 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import tritonclient.grpc as grpcclient
 from _report import Report, parse_args, rgb_pixels
@@ -22,15 +24,17 @@ def main() -> None:
     encoded = args.image.read_bytes()
     encoded2 = args.image2.read_bytes()
 
-    def bytes_input(items: list[bytes], shape: list[int], name: str = "image"):
+    def bytes_input(items: list[bytes], shape: list[int], name: str = "image") -> Any:
         inp = grpcclient.InferInput(name, shape, "BYTES")
         inp.set_data_from_numpy(np.array(items, dtype=np.object_).reshape(shape))
         return inp
 
-    def outputs(names: list[str]):
+    def outputs(names: list[str]) -> list[Any]:
         return [grpcclient.InferRequestedOutput(n) for n in names]
 
-    def infer(case: str, inputs, model=args.model, **kwargs) -> dict:
+    def infer(
+        case: str, inputs: list[Any], model: str = args.model, **kwargs: Any
+    ) -> dict[str, Any]:
         result = client.infer(model, inputs, client_timeout=120.0, **kwargs)
         response = result.get_response()
         tensors = {o.name: result.as_numpy(o.name) for o in response.outputs}
@@ -71,7 +75,7 @@ def main() -> None:
     )
     c("infer_bytes_2", lambda: infer("infer_bytes_2", [bytes_input([encoded] * 2, [2])]), status)
 
-    def uint8():
+    def uint8() -> list[Any]:
         pixels = rgb_pixels(args.image)[np.newaxis]
         inp = grpcclient.InferInput("image", list(pixels.shape), "UINT8")
         inp.set_data_from_numpy(pixels)
@@ -114,12 +118,12 @@ def main() -> None:
 
     c("err_corrupt", lambda: infer("err", [bytes_input([b"\xff\xd8\xffnot a jpeg"], [1])]), status)
 
-    def wrong_datatype():
+    def wrong_datatype() -> dict[str, Any]:
         inp = grpcclient.InferInput("image", [1, 2], "FP32")
         inp.set_data_from_numpy(np.zeros((1, 2), np.float32))
         return infer("err", [inp])
 
-    def wrong_binary_size():
+    def wrong_binary_size() -> dict[str, Any]:
         inp = bytes_input([encoded], [1])
         # The real client with a BYTES length prefix that claims more than follows.
         inp._raw_content = (len(encoded) + 10).to_bytes(4, "little") + encoded

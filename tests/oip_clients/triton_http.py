@@ -5,6 +5,8 @@ python triton_http.py --url 127.0.0.1:8000 --image photo.jpg --out DIR [--model 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import tritonclient.http as httpclient
 from _report import Report, parse_args, rgb_pixels
@@ -31,7 +33,9 @@ def main() -> None:
     def outputs(names_binary: list[tuple[str, bool]]) -> list[httpclient.InferRequestedOutput]:
         return [httpclient.InferRequestedOutput(n, binary_data=b) for n, b in names_binary]
 
-    def infer(case: str, inputs, model=args.model, **kwargs) -> dict:
+    def infer(
+        case: str, inputs: list[Any], model: str = args.model, **kwargs: Any
+    ) -> dict[str, Any]:
         result = client.infer(model, inputs, **kwargs)
         response = result.get_response()
         tensors = {o["name"]: result.as_numpy(o["name"]) for o in response["outputs"]}
@@ -125,17 +129,17 @@ def main() -> None:
 
     c("err_corrupt", lambda: infer("err", [bytes_input([b"\xff\xd8\xffnot a jpeg"], [1])]), status)
 
-    def wrong_datatype() -> dict:
+    def wrong_datatype() -> dict[str, Any]:
         inp = httpclient.InferInput("image", [1, 2], "FP32")
         inp.set_data_from_numpy(np.zeros((1, 2), np.float32))
         return infer("err", [inp])
 
-    def unknown_input() -> dict:
+    def unknown_input() -> dict[str, Any]:
         inp = httpclient.InferInput("img", [1], "BYTES")
         inp.set_data_from_numpy(np.array([encoded], dtype=np.object_))
         return infer("err", [inp])
 
-    def wrong_binary_size() -> dict:
+    def wrong_binary_size() -> dict[str, Any]:
         inp = bytes_input([encoded], [1])
         # The real client, with its own size parameter one byte too large.
         inp._parameters["binary_data_size"] += 1

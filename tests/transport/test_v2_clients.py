@@ -116,7 +116,8 @@ def test_health_readiness_and_metadata(report: tuple[str, dict[str, Any]]) -> No
 
 
 def labels_of(summary: dict[str, Any]) -> np.ndarray:
-    return np.load(summary["outputs"]["labels"]["path"])
+    labels: np.ndarray = np.load(summary["outputs"]["labels"]["path"])
+    return labels
 
 
 def test_every_image_of_a_batch_is_v1s_label_map(

@@ -6,6 +6,7 @@ import base64
 import gzip
 import json
 import zlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,12 +18,12 @@ from deployments.protocols.oip import open_inference_grpc_pb2 as pb
 pytestmark = pytest.mark.unit
 
 
-def binary_body(header: dict, *chunks: bytes) -> tuple[bytes, str]:
+def binary_body(header: dict[str, Any], *chunks: bytes) -> tuple[bytes, str]:
     head = json.dumps(header).encode()
     return head + b"".join(chunks), str(len(head))
 
 
-def image_request(items: list[bytes], shape: list[int], **extra) -> tuple[bytes, str]:
+def image_request(items: list[bytes], shape: list[int], **extra: Any) -> tuple[bytes, str]:
     data = C.pack_bytes_items(items)
     header = {
         "inputs": [
@@ -43,7 +44,7 @@ def assert_client_error(exc: pytest.ExceptionInfo[SegServeError], code: str) -> 
     assert exc.value.code == code
 
 
-def test_bytes_items_round_trip_including_empty_items():
+def test_bytes_items_round_trip_including_empty_items() -> None:
     items = [b"\x89PNG...", b"", b"x" * 70000]
     packed = C.pack_bytes_items(items)
     assert packed[:4] == len(items[0]).to_bytes(4, "little")
@@ -59,7 +60,7 @@ def test_bytes_items_round_trip_including_empty_items():
         (C.pack_bytes_items([b"a"]) + b"\x00", 1, "invalid_binary_data"),  # trailing byte
     ],
 )
-def test_malformed_bytes_items_are_400(buffer, count, code):
+def test_malformed_bytes_items_are_400(buffer: bytes, count: int, code: str) -> None:
     with pytest.raises(SegServeError) as exc:
         C.split_bytes_items(buffer, count, "image")
     assert_client_error(exc, code)
@@ -67,7 +68,7 @@ def test_malformed_bytes_items_are_400(buffer, count, code):
 
 
 @pytest.mark.parametrize("shape", [[1], [2, 1], [2]])
-def test_binary_bytes_request_gives_the_files_in_order(shape):
+def test_binary_bytes_request_gives_the_files_in_order(shape: list[int]) -> None:
     files = [b"file-a", b"file-b"][: shape[0]]
     body, length = image_request(files, shape, id="r1", parameters={"binary_data_output": True})
     request = C.decode_rest_request(body, length)
@@ -77,7 +78,7 @@ def test_binary_bytes_request_gives_the_files_in_order(shape):
     assert "binary_data_output" not in request.parameters
 
 
-def test_binary_sizes_must_add_up_exactly():
+def test_binary_sizes_must_add_up_exactly() -> None:
     body, length = image_request([b"abc"], [1])
     with pytest.raises(SegServeError) as exc:
         C.decode_rest_request(body + b"extra", length)
@@ -88,20 +89,20 @@ def test_binary_sizes_must_add_up_exactly():
 
 
 @pytest.mark.parametrize("header_length", ["-1", "abc", "999999"])
-def test_bad_header_length_is_400(header_length):
+def test_bad_header_length_is_400(header_length: str) -> None:
     body, _ = image_request([b"abc"], [1])
     with pytest.raises(SegServeError) as exc:
         C.decode_rest_request(body, header_length)
     assert_client_error(exc, "binary_size_mismatch")
 
 
-def test_raw_binary_request_is_one_image_with_binary_outputs():
+def test_raw_binary_request_is_one_image_with_binary_outputs() -> None:
     request = C.decode_rest_request(b"\xff\xd8 jpeg bytes", "0")
     assert C.image_inputs(request) == [b"\xff\xd8 jpeg bytes"]
     assert request.binary_for("labels") is True
 
 
-def test_uint8_binary_and_json_decode_to_the_same_pixels():
+def test_uint8_binary_and_json_decode_to_the_same_pixels() -> None:
     pixels = np.arange(2 * 3 * 4 * 3, dtype=np.uint8).reshape(2, 3, 4, 3)
     body, length = binary_body(
         {
@@ -128,7 +129,7 @@ def test_uint8_binary_and_json_decode_to_the_same_pixels():
     assert np.array_equal(from_binary[1], pixels[1])
 
 
-def test_hwc_uint8_is_a_batch_of_one():
+def test_hwc_uint8_is_a_batch_of_one() -> None:
     doc = {"inputs": [{"name": "image", "shape": [1, 2, 3], "datatype": "UINT8", "data": [0] * 6}]}
     images = C.image_inputs(C.decode_rest_request(json.dumps(doc).encode()))
     assert len(images) == 1 and np.asarray(images[0]).shape == (1, 2, 3)
@@ -170,13 +171,13 @@ def test_hwc_uint8_is_a_batch_of_one():
         ({"name": "image", "shape": "1", "datatype": "BYTES", "data": []}, "invalid_request"),
     ],
 )
-def test_invalid_tensors_are_client_errors(inp, code):
+def test_invalid_tensors_are_client_errors(inp: dict[str, Any], code: str) -> None:
     with pytest.raises(SegServeError) as exc:
         C.image_inputs(C.decode_rest_request(json.dumps({"inputs": [inp]}).encode()))
     assert_client_error(exc, code)
 
 
-def test_json_bytes_accept_base64_and_data_urls():
+def test_json_bytes_accept_base64_and_data_urls() -> None:
     doc = {
         "inputs": [
             {
@@ -224,8 +225,10 @@ def sample_outputs() -> list[C.Tensor]:
         ),
     ],
 )
-def test_rest_response_json_binary_and_mixed_round_trip(outputs, binary_output, expect_binary):
-    extra: dict = {"id": "42", "parameters": {"binary_data_output": binary_output}}
+def test_rest_response_json_binary_and_mixed_round_trip(
+    outputs: list[dict[str, Any]] | None, binary_output: bool, expect_binary: dict[str, bool]
+) -> None:
+    extra: dict[str, Any] = {"id": "42", "parameters": {"binary_data_output": binary_output}}
     if outputs is not None:
         extra["outputs"] = outputs
     body, length = image_request([b"a", b"b"], [2], **extra)
@@ -257,7 +260,7 @@ def test_rest_response_json_binary_and_mixed_round_trip(outputs, binary_output, 
         assert items == (b"\x89PNG-a", b"\x89PNG-b")
 
 
-def test_unknown_or_repeated_output_is_400():
+def test_unknown_or_repeated_output_is_400() -> None:
     for outputs, code in (
         ([{"name": "logits"}], "unknown_output"),
         ([{"name": "labels"}] * 2, "duplicate_output"),
@@ -268,21 +271,21 @@ def test_unknown_or_repeated_output_is_400():
         assert_client_error(exc, code)
 
 
-def test_labels_of_different_sizes_are_400_naming_the_way_out():
+def test_labels_of_different_sizes_are_400_naming_the_way_out() -> None:
     with pytest.raises(SegServeError) as exc:
         C.labels_tensor([np.zeros((2, 3), np.uint8), np.zeros((4, 5), np.uint8)])
     assert_client_error(exc, "mixed_sizes")
     assert "mask_png" in exc.value.message
 
 
-def test_wide_label_maps_are_uint16():
+def test_wide_label_maps_are_uint16() -> None:
     tensor = C.labels_tensor([np.array([[300, 2]], np.uint16)])
     assert tensor.datatype == "UINT16"
     assert C._to_binary(tensor) == np.array([[300, 2]], "<u2").tobytes()
 
 
 @pytest.mark.parametrize("raw", [True, False])
-def test_grpc_request_round_trip_with_every_parameter_kind(raw):
+def test_grpc_request_round_trip_with_every_parameter_kind(raw: bool) -> None:
     pixels = np.arange(12, dtype=np.uint8).reshape(1, 2, 2, 3)
     request = C.InferRequest(
         inputs=(C.Tensor("image", "UINT8", pixels.shape, pixels),),
@@ -306,7 +309,7 @@ def test_grpc_request_round_trip_with_every_parameter_kind(raw):
     assert np.array_equal(C.image_inputs(decoded)[0], pixels[0])
 
 
-def test_grpc_bytes_contents_and_raw_agree():
+def test_grpc_bytes_contents_and_raw_agree() -> None:
     files = [b"one", b"two"]
     typed = pb.ModelInferRequest(model_name="m")
     typed.inputs.add(name="image", datatype="BYTES", shape=[2, 1]).contents.bytes_contents.extend(
@@ -318,7 +321,7 @@ def test_grpc_bytes_contents_and_raw_agree():
     assert C.image_inputs(C.decode_grpc_request(raw)) == files
 
 
-def test_grpc_raw_count_and_size_mismatches_are_400():
+def test_grpc_raw_count_and_size_mismatches_are_400() -> None:
     message = pb.ModelInferRequest(raw_input_contents=[b"\x00" * 5])
     message.inputs.add(name="image", datatype="UINT8", shape=[1, 1, 2, 3])
     with pytest.raises(SegServeError) as exc:
@@ -331,7 +334,7 @@ def test_grpc_raw_count_and_size_mismatches_are_400():
     assert_client_error(exc, "binary_size_mismatch")
 
 
-def test_grpc_response_has_every_output_raw_in_order():
+def test_grpc_response_has_every_output_raw_in_order() -> None:
     request = C.InferRequest(inputs=(), id="7")
     response = C.encode_grpc_response(
         request, sample_outputs(), model_name="m", parameters={"batch_size": 2}
@@ -343,7 +346,7 @@ def test_grpc_response_has_every_output_raw_in_order():
     assert decoded["mask_png"].items == (b"\x89PNG-a", b"\x89PNG-b")
 
 
-def test_model_version_one_or_empty_else_404():
+def test_model_version_one_or_empty_else_404() -> None:
     C.check_model_version("")
     C.check_model_version("1")
     with pytest.raises(SegServeError) as exc:
@@ -352,7 +355,7 @@ def test_model_version_one_or_empty_else_404():
 
 
 @pytest.mark.parametrize("coding", ["gzip", "deflate", "raw-deflate"])
-def test_decompression_is_bounded(coding):
+def test_decompression_is_bounded(coding: str) -> None:
     body = b"A" * 10_000
     if coding == "gzip":
         packed = gzip.compress(body)
@@ -371,7 +374,7 @@ def test_decompression_is_bounded(coding):
     assert_client_error(exc, "invalid_compression")
 
 
-def test_unknown_content_encoding_is_415_and_gzip_responses_inflate():
+def test_unknown_content_encoding_is_415_and_gzip_responses_inflate() -> None:
     with pytest.raises(SegServeError) as exc:
         C.decompress_body(b"x", "br", 100)
     assert exc.value.kind.http_status == 415
@@ -380,7 +383,7 @@ def test_unknown_content_encoding_is_415_and_gzip_responses_inflate():
     assert C.compress_body(b"B", None) == (b"B", None)
 
 
-def test_segserve_and_oip_stubs_share_one_process():
+def test_segserve_and_oip_stubs_share_one_process() -> None:
     from deployments.protocols import segserve_pb2
 
     assert pb.DESCRIPTOR.package == "inference"
