@@ -38,8 +38,11 @@ class LimitsConfig(StrictModel):
     killed with its worker. 0 decodes in a thread of the gateway (nothing can stop a decode
     there; the structural bounds still hold)."""
 
-    decode_queue: int = Field(default=8, ge=0, le=4096)
-    """Decodes waiting for a worker; the next one gets 503 ``overloaded`` at once."""
+    decode_queue: int = Field(default=64, ge=0, le=4096)
+    """Decodes waiting for a worker; the next one gets 503 ``overloaded`` at once. A queued
+    decode holds only its upload (already bounded by ``max_request_bytes``), so this
+    follows the gateway's ``max_ongoing_requests`` (64): a burst the gateway accepts is
+    decoded in turn, not refused."""
 
     decode_timeout_s: float = Field(default=10.0, gt=0, le=600)
     """Longest one decode may run (or what is left of the request's budget, if less); the

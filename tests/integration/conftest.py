@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +25,23 @@ from deployments.config import (
     parse_args,
     ray_grpc_environment,
 )
+
+#: How often the gateway refreshes /v1/models in the integration config.
+STATUS_REFRESH_S = 0.5
+
+
+def model_counters(url: str, model: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    """A model's replica counters from /v1/models once the gateway's background view has
+    caught up: the same values on reads more than two refresh periods apart."""
+    deadline = time.monotonic() + timeout_s
+    last: dict[str, Any] | None = None
+    while True:
+        stats: dict[str, Any] = httpx.get(f"{url}/v1/models/{model}", timeout=60).json()["stats"]
+        if stats == last or time.monotonic() > deadline:
+            return stats
+        last = stats
+        time.sleep(2.5 * STATUS_REFRESH_S)
+
 
 #: Room for the 30 MB PNG test, small enough that the 413 test stays quick.
 MAX_REQUEST_BYTES = 40 * 1024 * 1024
@@ -107,6 +125,9 @@ def integration_args(
                 "default_model": "tiny",
                 "num_cpus": 0.5,
                 "limits": {"max_request_bytes": MAX_REQUEST_BYTES},
+                # /v1/models answers from a background refresh: tests that read replica
+                # counters wait for it (see model_counters), so keep it short.
+                "status": {"refresh_s": STATUS_REFRESH_S},
             },
             "models": [
                 {

@@ -13,7 +13,7 @@ import httpx
 from PIL import Image
 
 from clients.cli import main
-from tests.integration.conftest import Served
+from tests.integration.conftest import Served, model_counters
 from tests.integration.test_routing_served import prometheus_value
 
 REQUESTS = "ray_segserve_model_requests_total"
@@ -25,8 +25,7 @@ def counters(model: str) -> dict[str, float]:
 
 
 def model_stats(served: Served, model: str) -> dict[str, int]:
-    stats: dict[str, int] = httpx.get(f"{served.url}/v1/models/{model}", timeout=60).json()["stats"]
-    return stats
+    return model_counters(served.url, model)
 
 
 def settled(served: Served, model: str) -> tuple[dict[str, int], dict[str, float]]:

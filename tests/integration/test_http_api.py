@@ -206,7 +206,7 @@ def test_service_still_answers_after_every_bad_input(client: httpx.Client) -> No
 
 
 def test_unknown_routes_and_methods_are_json_errors(client: httpx.Client) -> None:
-    missing = client.get("/v2/whatever")
+    missing = client.get("/v1/whatever")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     wrong = client.get("/v1/segment")
     assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"

@@ -13,12 +13,14 @@ import ray
 
 from deployments.pipeline.routing import Candidate, choose
 from tests.images import jpeg
-from tests.integration.conftest import Served
+from tests.integration.conftest import Served, model_counters
 
 JPEG = {"Content-Type": "image/jpeg"}
 
 
 def stats(client: httpx.Client, model: str) -> dict[str, Any]:
+    """A model's /v1/models entry, once its replica counters have caught up."""
+    model_counters(str(client.base_url), model)
     info: dict[str, Any] = client.get(f"/v1/models/{model}").json()
     return info
 
