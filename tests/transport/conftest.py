@@ -8,14 +8,10 @@ gone or fail, as the gateway sees them through Ray: what only a dead cluster giv
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc.aio
 import pytest
 from fastapi.testclient import TestClient
 
@@ -26,8 +22,7 @@ from deployments.model_core import LocalEndpoint, ModelCore
 from deployments.pipeline.errors import NotReady, Overloaded
 from deployments.pipeline.service import SegmentationService
 from deployments.protocols import http
-from deployments.protocols import segserve_pb2_grpc as pb_grpc
-from deployments.protocols.grpc import LocalSegServeGrpc
+from tests.transport.live_server import serve_grpc
 
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
 MAX_IMAGE_PIXELS = 4000 * 3000
@@ -105,37 +100,8 @@ def broken_http(cores: dict[str, ModelCore]) -> Iterator[TestClient]:
         yield c
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def grpc_target(cores: dict[str, ModelCore]) -> Iterator[str]:
     """The segserve.v1 methods on a plain grpc.aio server in a background event loop."""
-    loop = asyncio.new_event_loop()
-    port = _free_port()
-    started = threading.Event()
-    stop = asyncio.Event()
-
-    async def serve() -> None:
-        server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", 4 * MAX_REQUEST_BYTES)]
-        )
-        methods = LocalSegServeGrpc(broken_service(cores))
-        pb_grpc.add_SegmentationServicer_to_server(methods, server)  # type: ignore[no-untyped-call]
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        started.set()
-        await stop.wait()
-        await server.stop(None)
-        await methods.service.status.aclose()  # the background status refresh
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert started.wait(60), "the in-process gRPC server did not start"
-    yield f"127.0.0.1:{port}"
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(30)
-    loop.close()
+    with serve_grpc(broken_service(cores), 4 * MAX_REQUEST_BYTES) as target:
+        yield target

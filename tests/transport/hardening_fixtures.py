@@ -11,17 +11,11 @@ Test modules import the fixtures they use from here.
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
-import grpc.aio
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
@@ -30,8 +24,7 @@ from deployments.contract import ModelEndpoint
 from deployments.model_core import LocalEndpoint, ModelCore
 from deployments.pipeline.service import SegmentationService
 from deployments.protocols import http
-from deployments.protocols import segserve_pb2_grpc as pb_grpc
-from deployments.protocols.grpc import LocalSegServeGrpc
+from tests.transport import live_server
 
 #: Large enough for every hostile case (the biggest is a few hundred kB).
 HOSTILE_REQUEST_BYTES = 8 * 1024 * 1024
@@ -72,63 +65,14 @@ def make_service(
     return SegmentationService(chosen, configs, config)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def serve_grpc(service: SegmentationService) -> Iterator[str]:
+def serve_grpc(service: SegmentationService) -> AbstractContextManager[str]:
     """The segserve.v1 methods over ``service`` on a grpc.aio server in a thread."""
-    loop = asyncio.new_event_loop()
-    port = free_port()
-    started = threading.Event()
-    stop = asyncio.Event()
-
-    async def serve() -> None:
-        server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", 4 * HOSTILE_REQUEST_BYTES)]
-        )
-        pb_grpc.add_SegmentationServicer_to_server(LocalSegServeGrpc(service), server)  # type: ignore[no-untyped-call]
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        started.set()
-        await stop.wait()
-        await server.stop(None)
-        await service.status.aclose()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert started.wait(60), "the in-process gRPC server did not start"
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-        loop.close()
+    return live_server.serve_grpc(service, 4 * HOSTILE_REQUEST_BYTES)
 
 
-@contextmanager
-def serve_http(service: SegmentationService) -> Iterator[str]:
+def serve_http(service: SegmentationService) -> AbstractContextManager[str]:
     """The HTTP app over ``service`` on a real socket (uvicorn in a thread): its base URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        http.build_app(service), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        assert thread.is_alive(), "uvicorn stopped while starting"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    return live_server.serve_http(http.build_app(service))
 
 
 @pytest.fixture(scope="session")

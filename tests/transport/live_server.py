@@ -9,8 +9,9 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc.aio
 import uvicorn
@@ -82,22 +83,40 @@ def serve_http(app: ASGIApp) -> Iterator[str]:
         thread.join(30)
 
 
+GrpcAdder = Callable[[Any, grpc.aio.Server], None]
+
+
 @contextlib.contextmanager
-def serve_grpc(service: SegmentationService) -> Iterator[str]:
-    """The segserve.v1 methods on a grpc.aio server in a background loop; host:port."""
+def serve_grpc_methods(
+    methods: Any,
+    adders: Sequence[GrpcAdder],
+    max_message_bytes: int = 64 << 20,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> Iterator[str]:
+    """``methods`` (a servicer object) on a grpc.aio server in a background event loop, for
+    each generated ``add_*Servicer_to_server`` in ``adders``; yields host:port.
+    ``on_stop`` runs in that loop after the server stops (a service's status refresh)."""
     loop = asyncio.new_event_loop()
     port = free_port()
     started = threading.Event()
     stop = asyncio.Event()
 
     async def run() -> None:
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
-        pb_grpc.add_SegmentationServicer_to_server(LocalSegServeGrpc(service), server)  # type: ignore[no-untyped-call]
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", 256 << 20),
+            ]
+        )
+        for add in adders:
+            add(methods, server)
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
         started.set()
         await stop.wait()
         await server.stop(None)
+        if on_stop is not None:
+            await on_stop()
 
     thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
     thread.start()
@@ -108,3 +127,15 @@ def serve_grpc(service: SegmentationService) -> Iterator[str]:
         loop.call_soon_threadsafe(stop.set)
         thread.join(30)
         loop.close()
+
+
+def serve_grpc(
+    service: SegmentationService, max_message_bytes: int = 64 << 20
+) -> contextlib.AbstractContextManager[str]:
+    """The segserve.v1 methods over ``service``; host:port."""
+    return serve_grpc_methods(
+        LocalSegServeGrpc(service),
+        [pb_grpc.add_SegmentationServicer_to_server],
+        max_message_bytes,
+        service.status.aclose,
+    )

@@ -12,22 +12,16 @@ threads, for the real clients (tritonclient, kserve) that run as subprocesses fr
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import socket
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc.aio
 import numpy as np
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -47,6 +41,7 @@ from tests.transport.conftest import (
     gateway_config,
     model_config,
 )
+from tests.transport.live_server import serve_grpc_methods, serve_http
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENTS_DIR = REPO / "tests" / "oip_clients"
@@ -77,64 +72,24 @@ class LocalGrpc(SegServeGrpc, OipGrpc):
         self.service = service
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def grpc_server(service: SegmentationService) -> Iterator[str]:
-    """segserve.v1 and the OIP methods on a grpc.aio server in a background event loop."""
-    loop = asyncio.new_event_loop()
-    port = free_port()
-    started = threading.Event()
-    stop = asyncio.Event()
-
-    async def serve() -> None:
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", 4 * MAX_REQUEST_BYTES),
-                ("grpc.max_send_message_length", 256 * 1024 * 1024),
-            ]
-        )
-        methods = LocalGrpc(service)
-        segserve_grpc.add_SegmentationServicer_to_server(methods, server)  # type: ignore[no-untyped-call]
-        oip_grpc.add_GRPCInferenceServiceServicer_to_server(methods, server)  # type: ignore[no-untyped-call]
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        started.set()
-        await stop.wait()
-        await server.stop(None)
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert started.wait(60), "the in-process gRPC server did not start"
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-        loop.close()
+def grpc_server(service: SegmentationService) -> contextlib.AbstractContextManager[str]:
+    """segserve.v1 and the OIP methods on one in-process grpc.aio server; host:port."""
+    return serve_grpc_methods(
+        LocalGrpc(service),
+        [
+            segserve_grpc.add_SegmentationServicer_to_server,
+            oip_grpc.add_GRPCInferenceServiceServicer_to_server,
+        ],
+        4 * MAX_REQUEST_BYTES,
+        service.status.aclose,
+    )
 
 
 @contextlib.contextmanager
 def http_server(app: FastAPI) -> Iterator[str]:
     """``app`` served by uvicorn on a free port in a background thread; yields host:port."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with serve_http(app) as url:
+        yield url.removeprefix("http://")
 
 
 @dataclass(frozen=True)
