@@ -25,7 +25,7 @@ def counters(model: str) -> dict[str, float]:
 
 
 def model_stats(served: Served, model: str) -> dict[str, int]:
-    return model_counters(served.url, model)
+    return model_counters(model)
 
 
 def settled(served: Served, model: str) -> tuple[dict[str, int], dict[str, float]]:

@@ -19,9 +19,9 @@ JPEG = {"Content-Type": "image/jpeg"}
 
 
 def stats(client: httpx.Client, model: str) -> dict[str, Any]:
-    """A model's /v1/models entry, once its replica counters have caught up."""
-    model_counters(str(client.base_url), model)
+    """A model's /v1/models entry, with the counters its replica has now."""
     info: dict[str, Any] = client.get(f"/v1/models/{model}").json()
+    info["stats"] = model_counters(model)
     return info
 
 
