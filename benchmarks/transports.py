@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ import numpy as np
 from benchmarks.common import SHARED_PHOTOS, json_stdout, local_serve_both, median, shipped_args
 from clients.grpc_client import CHANNEL_OPTIONS, AsyncGrpcSegServeClient
 from clients.http import AsyncSegServeClient
+from clients.result import SegServeClientError
 from deployments.protocols.oip import codecs
 from deployments.protocols.oip import open_inference_grpc_pb2 as oip_pb
 from deployments.protocols.oip import open_inference_grpc_pb2_grpc as oip_grpc
@@ -52,13 +55,18 @@ def default_photos() -> dict[str, bytes]:
 async def closed_loop(call: Call, data: bytes, clients: int, total: int) -> dict[str, Any]:
     latencies: list[float] = []
     overheads: list[float] = []
+    errors: Counter[str] = Counter()
     remaining = [total]
 
     async def worker() -> None:
         while remaining[0] > 0:
             remaining[0] -= 1
             started = time.perf_counter()
-            server_ms = await call(data)
+            try:
+                server_ms = await call(data)
+            except Exception as e:  # counted by kind: a refusal is a figure, not a crash
+                errors[error_kind(e)] += 1
+                continue
             elapsed = (time.perf_counter() - started) * 1000
             latencies.append(elapsed)
             overheads.append(elapsed - server_ms)
@@ -68,12 +76,29 @@ async def closed_loop(call: Call, data: bytes, clients: int, total: int) -> dict
     wall = time.perf_counter() - started
     return {
         "concurrency": clients,
-        "requests": len(latencies),
+        "requests": total,
+        "ok": len(latencies),
+        "errors": dict(errors),
+        # Answered images per second: refused requests do not count.
         "images_per_s": round(len(latencies) / wall, 3),
-        "p50_ms": median(latencies),
-        "p95_ms": round(float(np.percentile(latencies, 95)), 1),
-        "overhead_p50_ms": median(overheads),
+        "p50_ms": median(latencies) if latencies else None,
+        "p95_ms": round(float(np.percentile(latencies, 95)), 1) if latencies else None,
+        "overhead_p50_ms": median(overheads) if overheads else None,
     }
+
+
+def error_kind(error: Exception) -> str:
+    """``http 503 overloaded``, ``grpc RESOURCE_EXHAUSTED``, or the exception's type."""
+    if isinstance(error, httpx.HTTPStatusError):
+        code = ""
+        with contextlib.suppress(Exception):
+            code = str(error.response.json()["error"]["code"])
+        return f"http {error.response.status_code} {code}".strip()
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"grpc {error.code().name}"
+    if isinstance(error, SegServeClientError):  # segserve's own clients
+        return f"{error.status} {error.code}"
+    return type(error).__name__
 
 
 def v2_http_call(http: httpx.AsyncClient, model: str, outputs: tuple[str, ...]) -> Call:
@@ -183,7 +208,7 @@ def summarise(rows: list[dict[str, Any]], photos: dict[str, bytes]) -> list[dict
             entry: dict[str, Any] = {"photo": name, "concurrency": clients}
             for transport, base in (("grpc", "http"), ("v2_http", "http"), ("v2_grpc", "grpc")):
                 ratio = None  # None: one of the two failed (its error is in "runs")
-                if transport in by and base in by:
+                if transport in by and base in by and by[base]["images_per_s"]:
                     ratio = round(by[transport]["images_per_s"] / by[base]["images_per_s"], 3)
                 entry[f"{transport}_over_{base}_throughput"] = ratio
             for transport, row in by.items():

@@ -49,6 +49,7 @@ from deployments.pipeline.imaging import (
     decode_image,
     probe_image,
 )
+from deployments.pipeline.probe import refuse_at_once
 
 #: How long a killed worker may take to exit before we stop waiting for it.
 _JOIN_S = 5.0
@@ -151,6 +152,7 @@ class DecodePool:
         header parsers hold the GIL, and on the gateway's process that would stall its
         event loop (and /healthz) for as long as a hostile header takes to walk.
         """
+        refuse_at_once(data, limits)  # junk never crosses into a worker
         header: ImageHeader = await self._submit("probe", data, None, limits, None, None)
         return header
 

@@ -122,12 +122,7 @@ def probe_image(data: bytes, limits: ImageLimits) -> ImageHeader:
     pixels, decode memory) or 415 (not an accepted format). Bounded work: every
     walk over the bytes stops at its configured limit.
     """
-    if not data:
-        raise MalformedRequest("empty request body: send the image bytes", code="empty_body")
-    if len(data) > limits.max_bytes:
-        raise PayloadTooLarge(
-            f"request body is {len(data)} bytes; the limit is {limits.max_bytes} bytes"
-        )
+    refuse_at_once(data, limits)
     facts = check_structure(data, limits)
     image = open_image(data, limits, sorted(limits.formats))
     try:
@@ -233,6 +228,30 @@ def _decode_bytes(
         decoder = 8
     tile_bytes = tile[0] * tile[1] * bpp if tile else 0
     return pixels * (bpp + working + decoder) + tile_bytes + _FIXED_DECODE_BYTES
+
+
+def refuse_at_once(data: bytes, limits: ImageLimits) -> None:
+    """The refusals that need only the body's length and first 16 bytes: empty, too
+    large, or no accepted format's Pillow opener accepts the prefix (what ``Image.open``
+    tries first, so the answer is the one :func:`open_image` would give).
+
+    Constant time: the gateway runs this before an upload crosses into a decode worker,
+    so junk bodies cost no copy to a worker.
+    """
+    if not data:
+        raise MalformedRequest("empty request body: send the image bytes", code="empty_body")
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLarge(
+            f"request body is {len(data)} bytes; the limit is {limits.max_bytes} bytes"
+        )
+    Image.init()
+    prefix = data[:16]
+    for name in limits.formats:
+        opener = Image.OPEN.get(name)
+        if opener is not None and (opener[1] is None or opener[1](prefix)):
+            return
+    accepted = ", ".join(sorted(limits.formats))
+    raise UnsupportedImage(f"the body is not an image in an accepted format ({accepted})")
 
 
 def open_image(data: bytes, limits: ImageLimits, formats: list[str]) -> Image.Image:

@@ -148,3 +148,30 @@ def test_a_full_pool_answers_overloaded_at_once(workers: int) -> None:
     results = run(go())
     assert sum(isinstance(r, Overloaded) for r in results) == 3
     assert all(not isinstance(r, BaseException) or isinstance(r, Overloaded) for r in results)
+
+
+def test_bodies_no_accepted_opener_recognises_are_refused_without_a_worker() -> None:
+    """Junk, empty and oversized bodies are answered from their length and first bytes:
+    the same 415/400/413 as the worker's header probe, even with every worker gone."""
+    junk = bytes(range(256)) * 64
+    small = replace(LIMITS, max_bytes=1000)
+    # What the worker's own probe answers, for comparison.
+    expected = []
+    for data, limits in ((junk, LIMITS), (b"", LIMITS), (jpeg(64, 64), small)):
+        with pytest.raises(SegServeError) as caught:
+            probe_image(data, limits)
+        expected.append((caught.value.code, caught.value.message))
+
+    async def go() -> list[tuple[str, str]]:
+        pool = DecodePool(workers=1, queue=0, timeout_s=60)
+        pool.close()  # no worker at all: a decode would get 503 decode_pool_closed
+        answers = []
+        for data, limits in ((junk, LIMITS), (b"", LIMITS), (jpeg(64, 64), small)):
+            with pytest.raises(SegServeError) as caught:
+                await pool.probe(data, limits)
+            answers.append((caught.value.code, caught.value.message))
+        return answers
+
+    answers = run(go())
+    assert answers == expected
+    assert [code for code, _ in answers] == ["unsupported_image", "empty_body", "payload_too_large"]
