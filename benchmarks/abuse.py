@@ -10,7 +10,10 @@ bodies at the byte limit), ``--slow`` connections trickle a body a byte a second
 the same good client and prober run again. Prints JSON: p50/p95 of good requests idle
 and under attack (goal: under-attack p50 within 2x of idle), the longest /healthz
 (goal: under 100 ms), what the attackers were answered, and the peak RSS of the gateway
-process and of its decode workers (goal: gateway under ``--rss-bound-mb``).
+process and of its decode workers (goal: gateway under ``--rss-bound-mb``). By default
+the gateway and its decode workers run on the upper half of the CPUs and every client on
+the lower half, in both phases: attackers are other machines, and their CPU is not what
+the server is measured on (``--split-cpus off``: everything shares every CPU).
 
     python -m benchmarks.abuse [--attackers 8] [--slow 32] [--attack-s 20]
 """
@@ -49,9 +52,13 @@ HEALTHZ_EVERY_S = 0.02
 # ------------------------------------------------------------------ the gateway process
 
 
-def serve(port: int, workers: int, body_timeout_s: float) -> None:
-    """The child process: the HTTP app over a tiny SegFormer, on ``port``."""
+def serve(port: int, workers: int, body_timeout_s: float, cpus: set[int] | None) -> None:
+    """The child process: the HTTP app over a tiny SegFormer, on ``port`` (and its decode
+    workers, which inherit the affinity, on ``cpus``)."""
     import uvicorn
+
+    if cpus:
+        os.sched_setaffinity(0, cpus)
 
     from deployments.adapters.device import plan_device
     from deployments.config import GatewayConfig, LimitsConfig, ModelConfig
@@ -118,6 +125,15 @@ def peak_rss_mb(pid: int) -> dict[str, float]:
         "largest_decode_process_peak_rss_mb": round(max(workers, default=0.0), 1),
         "descendant_processes": len(workers),
     }
+
+
+def split_cpus() -> tuple[set[int] | None, set[int] | None]:
+    """The server's CPUs (upper half) and the clients' (lower half); None on one CPU."""
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        return None, None
+    half = len(available) // 2
+    return set(available[half:]), set(available[:half])
 
 
 # ------------------------------------------------------------------ clients
@@ -318,19 +334,34 @@ def main() -> None:
     parser.add_argument("--body-timeout-s", type=float, default=5.0)
     parser.add_argument("--rss-bound-mb", type=float, default=1500.0)
     parser.add_argument("--heavy", action="store_true", help="add 100 MP decodes")
+    parser.add_argument(
+        "--split-cpus",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: the gateway on the upper half of the CPUs, every client on the lower half "
+        "(attackers are other machines: their CPU is not the server's); off: all share",
+    )
+    parser.add_argument("--server-cpus", help=argparse.SUPPRESS)  # the child process
     options = parser.parse_args()
     if options.serve:
-        serve(options.serve, options.decode_workers, options.body_timeout_s)
+        server_cpus = (
+            {int(c) for c in options.server_cpus.split(",")} if options.server_cpus else None
+        )
+        serve(options.serve, options.decode_workers, options.body_timeout_s, server_cpus)
         return
+    server, clients = split_cpus() if options.split_cpus == "auto" else (None, None)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     child = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.abuse", "--serve", str(port),
          "--decode-workers", str(options.decode_workers),
-         "--body-timeout-s", str(options.body_timeout_s)],
+         "--body-timeout-s", str(options.body_timeout_s),
+         *(["--server-cpus", ",".join(map(str, sorted(server)))] if server else [])],
         stdout=sys.stderr,
     )  # fmt: skip
+    if clients:
+        os.sched_setaffinity(0, clients)  # the prober, attackers and good client inherit it
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -369,6 +400,8 @@ def main() -> None:
                     "body_timeout_s": options.body_timeout_s,
                     "max_request_bytes": MAX_REQUEST_BYTES,
                     "cpus": os.cpu_count(),
+                    "server_cpus": sorted(server) if server else "all",
+                    "client_cpus": sorted(clients) if clients else "all",
                     "attacks": [*sorted(attacks(options.heavy)), "slow_body"],
                 },
                 "idle": idle,

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -193,6 +194,8 @@ async def measure(
                 for clients in CONCURRENCY:
                     row = await closed_loop(call, data, clients, max(requests, 2 * clients))
                     rows.append({"photo": name, "bytes": len(data), "transport": transport, **row})
+                    # Progress (and what a run cut short still leaves) on stderr.
+                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
@@ -222,6 +225,7 @@ def run() -> dict[str, Any]:
     parser.add_argument("--small", type=Path)
     parser.add_argument("--large", type=Path)
     parser.add_argument("--requests", type=int, default=12, help="per run (at least 2 per client)")
+
     parser.add_argument("--v2-labels", action="store_true", help="also v2 with the labels tensor")
     options = parser.parse_args()
     photos = default_photos()
