@@ -3,13 +3,13 @@
 :class:`ModelCore` owns the adapter and everything a replica does per batch
 (dropping requests whose deadline has passed, timing, statistics). The Ray
 deployment in ``model_server.py`` adds only ``@serve.batch`` around it, and
-:class:`LocalEndpoint` lets benchmarks and GPU checks run the same core
-without Ray.
+:class:`LocalEndpoint` runs the same core without Ray, batched by
+:class:`~deployments.batching.Batcher` (the same batching rules), for benchmarks,
+GPU checks and in-process tests.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import sys
 import threading
@@ -21,6 +21,7 @@ from typing import Any
 from deployments.adapters.base import SegmentationAdapter
 from deployments.adapters.device import DevicePlan
 from deployments.adapters.registry import adapter_class
+from deployments.batching import Batcher
 from deployments.config import ModelConfig
 from deployments.contract import LatencySample, ModelCard, Prediction, PredictRequest
 from deployments.pipeline.errors import DeadlineExceeded, SegServeError
@@ -199,15 +200,26 @@ class ModelCore:
 
 
 class LocalEndpoint:
-    """A :class:`ModelEndpoint` that runs the core in-process, one request per batch.
+    """A :class:`ModelEndpoint` that runs the core in-process, batched as a replica batches.
 
-    For benchmarks and machines without Ray; the served path batches in Ray.
+    For benchmarks, GPU checks and machines without Ray: requests go through a
+    :class:`~deployments.batching.Batcher` with the model's batching settings and
+    ``batch_cost`` (what ``@serve.batch`` does in the served path), and each batch
+    runs ``ModelCore.run_batch`` (deadline drops included) in a worker thread.
     """
 
     def __init__(self, core: ModelCore) -> None:
         self.core = core
         self._card = core.card()
-        self._lock = asyncio.Lock()
+        batching = core.config.batching
+        self.batcher: Batcher[PredictRequest, Prediction | SegServeError] = Batcher(
+            core.run_batch,
+            max_batch_size=batching.max_batch_size,
+            batch_wait_timeout_s=batching.batch_wait_timeout_s,
+            max_concurrent_batches=batching.max_concurrent_batches,
+            cost=core.batch_cost,
+            clock=core.clock,
+        )
 
     async def card(self) -> ModelCard:
         return self._card
@@ -219,9 +231,9 @@ class LocalEndpoint:
         return True
 
     async def predict(self, request: PredictRequest) -> Prediction:
+        # As in the replica: the relative budget becomes a deadline on arrival.
         request.receive(self.core.clock)
-        async with self._lock:
-            (result,) = await asyncio.to_thread(self.core.run_batch, [request])
+        result = await self.batcher.submit(request)
         if isinstance(result, SegServeError):
             raise result
         return result

@@ -58,7 +58,11 @@ def test_clients_import_only_the_wire_package_and_the_stubs() -> None:
 
 
 def test_the_pipeline_runs_without_ray() -> None:
-    loaded = imported_with("deployments.pipeline.service", "deployments.model_core")
+    # The model core and its batcher too: LocalEndpoint is how GPU checks run without Ray.
+    loaded = imported_with(
+        "deployments.pipeline.service", "deployments.model_core", "deployments.batching"
+    )
+    assert "deployments.batching" in loaded
     assert not {m for m in loaded if m == "ray" or m.startswith("ray.")}
 
 
