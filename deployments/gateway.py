@@ -2,7 +2,8 @@
 
 Only what is Ray-specific lives here: model deployment handles seen as
 :class:`ModelEndpoint`s (with Ray's errors translated to the service's), the
-running replica counts the router divides queues by, Prometheus counters, and
+running replica counts the router divides queues by and admission control sizes
+capacities with (the models' and this gateway deployment's), Prometheus counters, and
 the registration of each protocol: HTTP routes through
 ``__serve_build_asgi_app__``, gRPC methods as base classes (Ray Serve's gRPC
 proxy calls them by name). A new protocol is one module in ``protocols/`` plus
@@ -29,6 +30,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.config import GatewayConfig, ModelConfig, deployment_name
 from deployments.contract import ModelCard, Prediction, PredictRequest
+from deployments.pipeline.admission import overloaded_message
 from deployments.pipeline.errors import NotReady, Overloaded, SegServeError
 from deployments.pipeline.service import SegmentationService
 from deployments.protocols import demo, http, image
@@ -48,14 +50,15 @@ HTTP_PROTOCOLS: tuple[http.Registration, ...] = (
 )
 
 
-def from_ray(error: BaseException) -> SegServeError:
-    """Map an exception from a Ray call to the one error hierarchy."""
+def from_ray(error: BaseException, model: str | None = None) -> SegServeError:
+    """Map an exception from a Ray call (to ``model``'s deployment) to the one hierarchy."""
     if isinstance(error, RayTaskError):
         cause = getattr(error, "cause", None)
         if isinstance(cause, BaseException):
-            return from_ray(cause)
-    if isinstance(error, BackPressureError):
-        return Overloaded("the model's queue is full; retry later")
+            return from_ray(cause, model)
+    if isinstance(error, BackPressureError):  # admitted past what Ray queues (several gateways)
+        message = "the model's queue is full; retry later"
+        return Overloaded(message if model is None else overloaded_message(model))
     if isinstance(error, RayActorError | NodeDiedError | ObjectLostError):
         return NotReady("a model replica died while serving the request; retry")
     if isinstance(error, DeploymentUnavailableError | ReplicaUnavailableError):
@@ -76,14 +79,14 @@ class RayModelEndpoint:
             try:
                 self._card = await self.handle.card.remote()
             except Exception as e:
-                raise from_ray(e) from e
+                raise from_ray(e, self.name) from e
         return self._card
 
     async def predict(self, request: PredictRequest) -> Prediction:
         try:
             result: Prediction = await self.handle.predict.remote(request)
         except Exception as e:
-            raise from_ray(e) from e
+            raise from_ray(e, self.name) from e
         return result
 
     async def describe(self) -> dict[str, Any]:
@@ -116,6 +119,14 @@ def _replica_counts(deployment: str) -> dict[str, int]:
         return {}
 
 
+def _own_replica_counts() -> dict[str, int]:
+    """Replica states of the deployment this code runs in (the gateway's)."""
+    try:
+        return _replica_counts(serve.get_replica_context().deployment)
+    except Exception:  # not in a replica (tests): the configured count stands
+        return {}
+
+
 @serve.deployment
 @serve.ingress()
 class Gateway(SegServeGrpc, OipGrpc):
@@ -137,9 +148,11 @@ class Gateway(SegServeGrpc, OipGrpc):
             config,
             replicas=self._running_replicas,
             on_result=self._count,
+            gateways=self._running_gateways,
         )
         # RUNNING replicas per model (autoscaling changes them), refreshed in the background.
         self._replica_cache: dict[str, int] = {}
+        self._gateway_count: int | None = None
         self._replicas_at = 0.0
         self._refreshing = False
 
@@ -158,10 +171,19 @@ class Gateway(SegServeGrpc, OipGrpc):
 
     def _running_replicas(self, name: str) -> int | None:
         """Running replicas of a model as last seen (None until known); never blocks."""
+        self._refresh_if_stale()
+        return self._replica_cache.get(name)
+
+    def _running_gateways(self) -> int | None:
+        """Running replicas of this gateway deployment as last seen (None until known): each
+        admits its share of the models' replica slots."""
+        self._refresh_if_stale()
+        return self._gateway_count
+
+    def _refresh_if_stale(self) -> None:
         if not self._refreshing and time.monotonic() - self._replicas_at > _REPLICAS_REFRESH_S:
             self._refreshing = True
             asyncio.get_running_loop().create_task(self._refresh_replicas())
-        return self._replica_cache.get(name)
 
     async def _refresh_replicas(self) -> None:
         try:
@@ -171,6 +193,8 @@ class Gateway(SegServeGrpc, OipGrpc):
             self._replica_cache = {
                 name: states.get("RUNNING", 0) for name, states in counts.items() if states
             }
+            own = await asyncio.to_thread(_own_replica_counts)
+            self._gateway_count = own.get("RUNNING") or None
         finally:
             self._replicas_at = time.monotonic()
             self._refreshing = False

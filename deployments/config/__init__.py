@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from deployments.config.base import ConfigError, StrictModel, valid_model_name
 from deployments.config.gateway import (
+    AdmissionConfig,
     AuthConfig,
     ImageContractConfig,
     OutputsConfig,
@@ -37,6 +38,7 @@ from deployments.config.models import (
 __all__ = [
     "GRPC_MESSAGE_OVERHEAD",
     "RAY_GRPC_MESSAGE_SIZE_ENV",
+    "AdmissionConfig",
     "AppArgs",
     "AuthConfig",
     "AutoscalingConfig",
@@ -72,6 +74,10 @@ class GatewayConfig(StrictModel):
 
     routing: RoutingConfig = RoutingConfig()
     """Latency-budget routing (``model=auto&budget_ms=...``)."""
+
+    admission: AdmissionConfig = AdmissionConfig()
+    """Admission control: 503 ``overloaded`` at once, before the upload is read or decoded,
+    for a model whose replicas are full."""
 
     num_replicas: int = Field(default=1, ge=1)
     num_cpus: float = Field(default=0.5, ge=0)

@@ -117,6 +117,36 @@ class RoutingConfig(StrictModel):
     is left out of the choice rather than holding the request."""
 
 
+class AdmissionConfig(StrictModel):
+    """Admission control: a request for a model whose replicas are full is answered 503
+    ``overloaded`` (gRPC RESOURCE_EXHAUSTED) by the gateway at once, before its body is
+    read when the model is known from the URL or message (``model=<name>``, or ``auto``
+    without budget routing), else right after routing and before decoding.
+
+    A model's capacity is what its replicas hold: ``max_ongoing_requests`` x replicas (the
+    configured ``num_replicas``, or with autoscaling the running count the gateway last
+    saw) + ``max_queued_requests`` (-1: unbounded, never refused here). In flight are the
+    requests this gateway admitted to the model and has not answered yet (body read,
+    decode, model and encode included). Each gateway replica counts only its own traffic,
+    so the running-slots part is shared (below); the queued part is not, since Ray queues
+    ``max_queued_requests`` at each caller, i.e. at each gateway."""
+
+    enabled: bool = True
+    """Refuse at the gateway. Off: every request is decoded and sent, and a full model is
+    refused by Ray's handle (``BackPressureError``) after the upload and decode."""
+
+    capacity_factor: float = Field(default=1.0, gt=0, le=100)
+    """Multiplies each model's capacity: below 1 keeps headroom for other gateways or
+    clients of the deployment; above 1 lets Ray's own queue limit answer the excess."""
+
+    share_among_gateways: bool = True
+    """Each gateway replica admits ``max_ongoing_requests`` x replicas / gateway replicas
+    (rounded up; the running count, or the configured one), plus the whole
+    ``max_queued_requests``. Off: each gateway admits all the replicas' slots, so with
+    several busy gateways more is admitted than the replicas hold and Ray's back-pressure
+    answers the rest (slower)."""
+
+
 class OutputsConfig(StrictModel):
     """Defaults of the drawn outputs (``outputs=contours,rle,overlay``); a request's own
     options (``min_area``, ``simplify``, ``max_classes``, ``alpha``, ``overlay_format``,

@@ -13,6 +13,8 @@ are the pure policy over those predictions:
   :class:`DeadlineExceeded` and never queued.
 - An explicit ``model=<name>`` skips selection but keeps the deadline
   (``"explicit"``); strict rejects it too when it is predicted to miss.
+- A model whose admission capacity is full (:mod:`.admission`) is not a candidate
+  for a budget while another one has room.
 
 Ray-free: it sees model cards, the configuration and predictions, never a handle.
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 import collections
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,7 +65,7 @@ def choose(
     that fits rather than the best: a slow model would delay the requests behind it.
     """
     by_name = {c.name: c for c in candidates}
-    if default not in by_name:
+    if default not in by_name and (budget_ms is None or not candidates):
         raise ValueError(f"default model {default!r} is not a candidate")
     if budget_ms is None:
         chosen = by_name[default]
@@ -257,10 +259,16 @@ class Router:
         image_size: tuple[int, int] | None,
         budget_ms: float | None,
         strict: bool,
+        full: Set[str] = frozenset(),
     ) -> RouteChoice:
-        """``model=auto`` among the models that answered (``cards``), for the budget left."""
+        """``model=auto`` among the models that answered (``cards``), for the budget left;
+        with a budget, models in ``full`` (at their admission capacity) are left out while
+        another candidate has room."""
+        names = self.candidates(cards)
+        if budget_ms is not None:
+            names = [name for name in names if name not in full] or names
         candidates = []
-        for name in self.candidates(cards):
+        for name in names:
             quality = self.models[name].quality
             candidates.append(
                 Candidate(

@@ -1,10 +1,11 @@
 """The transport-free segmentation pipeline: bytes + options in, result out.
 
 Every protocol module calls :meth:`SegmentationService.segment`: resolve the
-model (by name, or by budget through the :class:`Router`), decode and downscale
-the image for that model, hand it to a :class:`ModelEndpoint` (a Ray deployment
-handle in production, a model core in-process in tests, benchmarks and GPU
-checks) and encode what the client asked for.
+model (by name, or by budget through the :class:`Router`), admit the request there
+(:mod:`~deployments.pipeline.admission`: 503 at once when its replicas are full),
+decode and downscale the image for that model, hand it to a :class:`ModelEndpoint` (a
+Ray deployment handle in production, a model core in-process in tests, benchmarks and
+GPU checks) and encode what the client asked for.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from deployments.config import GatewayConfig, ModelConfig, valid_model_name
 from deployments.contract import ModelCard, ModelEndpoint, Prediction, PredictRequest
+from deployments.pipeline.admission import Admission, Ticket
 from deployments.pipeline.decode_pool import DecodePool, shared_pool
 from deployments.pipeline.encoding import OutputEncoder
 from deployments.pipeline.errors import (
@@ -60,6 +62,7 @@ class SegmentationService:
         replicas: Callable[[str], int | None] | None = None,
         on_result: Callable[[SegmentResult], None] | None = None,
         decode_pool: DecodePool | None = None,
+        gateways: Callable[[], int | None] | None = None,
     ) -> None:
         self.models = {m.name: m for m in models}
         if set(endpoints) != set(self.models):
@@ -74,6 +77,7 @@ class SegmentationService:
         self.config = gateway
         self.limits = gateway.limits.image_limits()
         self.router = Router(gateway.routing, self.models, self.default_model, replicas)
+        self.admission = Admission(gateway, self.models, self.router.replicas, gateways)
         self._on_result = on_result
         self._decode_pool = decode_pool
         # Read once at start: a configured key file or variable that holds none fails here.
@@ -97,6 +101,12 @@ class SegmentationService:
     def close(self) -> None:
         """Stop the background status refresh (the shared decode pool lives on)."""
         self.status.close()
+
+    def admit(self, model: str, options: SegmentOptions | None = None) -> Ticket:
+        """Admission before the body is read (404 for an unknown name, 503 ``overloaded``
+        for a full model); pass the ticket to :meth:`segment` inside its ``with``."""
+        self.resolve_model(model)
+        return self.admission.enter(model, options)
 
     def resolve_model(self, requested: str) -> str:
         if requested == AUTO_MODEL:
@@ -146,18 +156,28 @@ class SegmentationService:
                 return RouteChoice(name, predicted, None, "default"), card
             return explicit(name, predicted, remaining, options.strict), card
         cards = await self._cards()
-        choice = self.router.choose(cards, image_size, remaining, options.strict)
+        full = {name for name in cards if self.admission.full(name)}
+        choice = self.router.choose(cards, image_size, remaining, options.strict, full)
         return choice, cards[choice.name]
 
     # ------------------------------------------------------------ one request
 
-    async def segment(self, data: bytes | Pixels, options: SegmentOptions) -> SegmentResult:
+    async def segment(
+        self, data: bytes | Pixels, options: SegmentOptions, ticket: Ticket | None = None
+    ) -> SegmentResult:
+        """One request, admitted before it is decoded (``ticket``: taken by the protocol)."""
+        self.resolve_model(options.model)  # an unknown name is a 404 before any decoding
+        with self.admission.enter(options.model, options, ticket) as held:
+            return await self._segment(data, options, held)
+
+    async def _segment(
+        self, data: bytes | Pixels, options: SegmentOptions, ticket: Ticket
+    ) -> SegmentResult:
         started = time.perf_counter()
 
         def elapsed_ms() -> float:
             return (time.perf_counter() - started) * 1000
 
-        self.resolve_model(options.model)  # an unknown name is a 404 before any decoding
         # Header once, off the event loop, only with the accepted formats' parsers; the
         # decode reuses it. Every error about the bytes comes before any model is asked.
         header: ImageHeader | None = None
@@ -168,6 +188,7 @@ class SegmentationService:
             size = header.display_size
         choice, card = await self.route(options, size, elapsed_ms())
         name = choice.name
+        ticket.ensure(name)  # model=auto with a budget: admitted once routed, before decoding
         decoded = await self._decode(data, card, header, options, elapsed_ms())
         decoded_at = time.perf_counter()
         label_size = fit_within(decoded.width, decoded.height, self.models[name].label_max_pixels)
@@ -315,6 +336,7 @@ class SegmentationService:
         info.setdefault("quality", config.quality)
         info["num_replicas"] = config.num_replicas
         info["routing"] = self.router.info(name)
+        info["admission"] = self.admission.info(name)
         if config.autoscaling_config is not None:
             info["autoscaling"] = config.autoscaling_config.ray_options()
         return info

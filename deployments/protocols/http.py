@@ -238,8 +238,9 @@ def register(app: FastAPI, service: SegmentationService) -> None:
         elif wants_png:
             options = replace(options, outputs=options.outputs | {"mask"})
         limits = service.config.limits
-        data = await read_image(request, limits.max_request_bytes, limits.body_timeout_s)
-        result = await service.segment(data, options)
+        with service.admit(options.model, options) as ticket:  # a full model: 503, body unread
+            data = await read_image(request, limits.max_request_bytes, limits.body_timeout_s)
+            result = await service.segment(data, options, ticket)
         if wants_png:
             if wants_overlay:
                 assert result.overlay is not None

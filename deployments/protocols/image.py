@@ -65,23 +65,26 @@ def register(app: FastAPI, service: SegmentationService) -> None:
     async def preprocessor(request: Request) -> Response:
         request_id = request.headers.get(REQUEST_ID_HEADER, "")
         echo = {REQUEST_ID_HEADER: request_id[:128]} if request_id else None
-        raw = await read_body(request, contract.max_body_bytes)
-        try:
-            body: Any = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MalformedRequest(
-                f"the request body is not JSON: {e}", code="invalid_preprocessor_request"
-            ) from e
-        parsed = parse_request(body, rules=rules, max_image_bytes=service.limits.max_bytes)
-        if isinstance(parsed, NotApplicable):
-            logger.info("preprocessor request %s: 204, %s", request_id, parsed.reason)
-            return Response(status_code=204, headers=echo)
         options = SegmentOptions(
             model=AUTO_MODEL,
             budget_ms=contract.budget_ms,
             outputs=frozenset({IMAGE_SEGMENTS}),
         )
-        result = await service.segment(parsed.image, options)
+        # Routed by budget: refused before the body only when no candidate has room, else
+        # admitted once routed (before decoding).
+        with service.admit(options.model, options) as ticket:
+            raw = await read_body(request, contract.max_body_bytes)
+            try:
+                body: Any = json.loads(raw)
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise MalformedRequest(
+                    f"the request body is not JSON: {e}", code="invalid_preprocessor_request"
+                ) from e
+            parsed = parse_request(body, rules=rules, max_image_bytes=service.limits.max_bytes)
+            if isinstance(parsed, NotApplicable):
+                logger.info("preprocessor request %s: 204, %s", request_id, parsed.reason)
+                return Response(status_code=204, headers=echo)
+            result = await service.segment(parsed.image, options, ticket)
         data: dict[str, Any] = {
             "segments": result.segments or [],
             "model": result.model,

@@ -126,6 +126,8 @@ def test_models_endpoints(client: httpx.Client) -> None:
     assert len(tiny["labels"]) == 150 and tiny["labels"][0] == "wall"
     assert tiny["batching"]["max_batch_size"] == 8
     assert tiny["replicas"] == {"RUNNING": 1}
+    # Admission control: 32 running x 1 replica (one gateway) + 256 queued, none in flight.
+    assert tiny["admission"] == {"in_flight": 0, "capacity": 32 + 256}
     assert tiny["device"]["kind"] == "cpu" and tiny["device"]["cpu_threads"] == 1
     missing = client.get("/v1/models/nope")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_model"

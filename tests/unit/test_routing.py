@@ -332,3 +332,15 @@ def test_strict_and_spent_budgets_are_answered_without_running(
     with pytest.raises(DeadlineExceeded, match="used up before the model could run"):
         asyncio.run(routed.segment(image, parse_options(budget_ms="0.01")))
     assert {n: c.stats["requests"] + c.stats["expired"] for n, c in two_models.items()} == ran
+
+
+def test_budget_routing_skips_models_at_their_admission_capacity() -> None:
+    router, cards = recorded_router()
+    assert router.choose(cards, (320, 240), 60_000, False).name == "slow"
+    assert router.choose(cards, (320, 240), 60_000, False, full={"slow"}).name == "fast"
+    # The default model full: the accurate one still serves a budget it fits.
+    assert router.choose(cards, (320, 240), 60_000, False, full={"fast"}).name == "slow"
+    # Every candidate full: routing as usual (admission refuses the one chosen).
+    assert router.choose(cards, (320, 240), 60_000, False, full={"fast", "slow"}).name == "slow"
+    # No budget: the default model, full or not.
+    assert router.choose(cards, (320, 240), None, False, full={"fast"}).name == "fast"

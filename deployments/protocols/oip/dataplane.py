@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from importlib import metadata as importlib_metadata
 from typing import Any, Final
 
+from deployments.pipeline.admission import Ticket
 from deployments.pipeline.errors import InvalidParameter, SegServeError
 from deployments.pipeline.imaging import Pixels
 from deployments.pipeline.options import LABEL_MAP_OUTPUT, SegmentOptions, parse_options
@@ -176,17 +177,25 @@ async def infer(
     version: str | None,
     request: InferRequest,
     deadline_ms: float | None = None,
+    ticket: Ticket | None = None,
 ) -> InferResult:
-    """Segment every image of ``request`` with ``model``; the outputs it asked for."""
-    resolve(service, model, version)
+    """Segment every image of ``request`` with ``model``; the outputs it asked for.
+
+    ``ticket``: the admission the transport took before reading the request; when it
+    holds the model's slot, the other images of a batch take theirs here, all or none.
+    """
+    name = resolve(service, model, version)
     images = codecs.image_inputs(request)
     names = request.output_names()
     options = options_for(request, model, names, deadline_ms)
     sources: list[bytes | Pixels] = [
         image if isinstance(image, bytes) else Pixels(image) for image in images
     ]
+    if ticket is not None and ticket.covers(name):
+        ticket.take_more(name, len(sources) - 1)  # released with the ticket
     answers = await asyncio.gather(
-        *(service.segment(source, options) for source in sources), return_exceptions=True
+        *(service.segment(source, options, ticket) for source in sources),
+        return_exceptions=True,
     )
     results: list[SegmentResult] = []
     for answer in answers:  # every call has finished: none is left running

@@ -80,14 +80,16 @@ class OipGrpc:
         size = request.ByteSize()
         if size > limit:
             raise PayloadTooLarge(f"the request is {size} bytes; the limit is {limit} bytes")
-        decoded = codecs.decode_grpc_request(request)
-        result = await dataplane.infer(
-            self.service,
-            request.model_name,
-            request.model_version,
-            decoded,
-            _deadline_ms(grpc_context),
-        )
+        with self.service.admit(request.model_name) as ticket:  # a full model: before decoding
+            decoded = codecs.decode_grpc_request(request)
+            result = await dataplane.infer(
+                self.service,
+                request.model_name,
+                request.model_version,
+                decoded,
+                _deadline_ms(grpc_context),
+                ticket,
+            )
         return codecs.encode_grpc_response(
             decoded, result.outputs, model_name=request.model_name, parameters=result.parameters
         )

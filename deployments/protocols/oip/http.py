@@ -146,9 +146,12 @@ def register(app: FastAPI, service: SegmentationService) -> None:
         request: Request, model_name: str, model_version: str | None = None
     ) -> Response:
         dataplane.resolve(service, model_name, model_version)  # 404 before reading the body
-        body = await read_body(request, service.config.limits.max_request_bytes)
-        decoded = codecs.decode_rest_request(body, request.headers.get(codecs.HEADER_LENGTH))
-        result = await dataplane.infer(service, model_name, model_version, decoded)
+        with service.admit(model_name) as ticket:  # a full model: 503 before reading it
+            body = await read_body(request, service.config.limits.max_request_bytes)
+            decoded = codecs.decode_rest_request(body, request.headers.get(codecs.HEADER_LENGTH))
+            result = await dataplane.infer(
+                service, model_name, model_version, decoded, ticket=ticket
+            )
         encoded = codecs.encode_rest_response(
             decoded, result.outputs, model_name=model_name, parameters=result.parameters
         )
