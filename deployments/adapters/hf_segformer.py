@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from deployments.adapters.base import SegmentationAdapter, Weights
+from deployments.adapters.bilinear_argmax import upsample_argmax
 from deployments.adapters.device import DevicePlan
 from deployments.adapters.labels import DATASETS, dataset_from_name
 from deployments.adapters.loading import (
@@ -38,7 +39,6 @@ from deployments.adapters.torch_common import (
     inference_context,
     label_map,
     precision_name,
-    upsample_argmax,
 )
 from deployments.config import ModelConfig
 from deployments.pipeline.errors import ModelLoadError

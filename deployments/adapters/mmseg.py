@@ -27,6 +27,7 @@ import torch
 
 from deployments.adapters import mmcv_compat
 from deployments.adapters.base import SegmentationAdapter, Weights
+from deployments.adapters.bilinear_argmax import upsample_argmax
 from deployments.adapters.device import DevicePlan
 from deployments.adapters.loading import check_weights, fetch_url, with_weights_policy
 from deployments.adapters.torch_common import (
@@ -36,7 +37,6 @@ from deployments.adapters.torch_common import (
     inference_context,
     label_map,
     precision_name,
-    upsample_argmax,
 )
 from deployments.config import ModelConfig
 from deployments.pipeline.errors import ModelLoadError

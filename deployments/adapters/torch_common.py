@@ -1,4 +1,7 @@
-"""Torch helpers shared by the PyTorch adapters: device choice and the bounded arg-max."""
+"""Torch helpers shared by the PyTorch adapters: device, precision, label arrays.
+
+The bounded arg-max of upsampled scores is in ``bilinear_argmax``.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +12,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from deployments.adapters.device import DevicePlan
 
 logger = logging.getLogger("segserve.adapters")
-
-#: Classes upsampled at once in :func:`upsample_argmax`; bounds its memory to
-#: ``CLASS_CHUNK x out_h x out_w`` floats whatever the number of classes.
-CLASS_CHUNK = 16
 
 
 def apply_cpu_threads(plan: DevicePlan) -> None:
@@ -54,73 +52,6 @@ def inference_context(plan: DevicePlan, dtype: torch.dtype | None) -> Iterator[N
         else:
             with torch.autocast(device_type=plan.kind, dtype=dtype):
                 yield
-
-
-def candidate_classes(logits: torch.Tensor) -> torch.Tensor:
-    """Ids of the classes that can win the arg-max anywhere after bilinear upsampling.
-
-    An upsampled value is a convex combination of (at most) a 2x2 cell of
-    low-resolution values, so class ``c`` is bounded by its cell maximum while
-    the winner reaches at least the best cell minimum of any class. A class
-    whose cell maximum is below that bound in every cell can never win; a
-    trained model keeps a handful of the 150 ADE20K classes, so upsampling only
-    those is several times cheaper and gives the same arg-max.
-    """
-    padded = F.pad(logits[None].float(), (1, 1, 1, 1), mode="replicate")[0]
-    cell_max = F.max_pool2d(padded[None], 2, stride=1)[0]
-    cell_min = -F.max_pool2d(-padded[None], 2, stride=1)[0]
-    bound = cell_min.max(dim=0).values
-    return (cell_max >= bound).flatten(1).any(dim=1).nonzero().flatten()
-
-
-def upsample_argmax(
-    logits: torch.Tensor,
-    height: int,
-    width: int,
-    label_dtype: torch.dtype,
-    align_corners: bool = False,
-) -> torch.Tensor:
-    """Arg-max over classes of bilinearly upsampled logits, without holding them all.
-
-    Equals ``F.interpolate(logits[None], (height, width), mode="bilinear",
-    align_corners=False)[0].argmax(0)`` (what HuggingFace's
-    ``post_process_semantic_segmentation`` computes), including ties, which go
-    to the lowest class id as in ``argmax``, but upsamples only the classes that
-    can win (:func:`candidate_classes`), ``CLASS_CHUNK`` at a time.
-    """
-    logits = logits.float()
-    if logits.shape[1] * logits.shape[2] >= height * width:
-        # Not upsampling (mmseg's heads already return input-size scores): the output
-        # is no larger than the input, so pruning would cost more than it saves.
-        return upsample_argmax_all(logits, height, width, align_corners).to(label_dtype)
-    candidates = candidate_classes(logits)
-    if len(candidates) < logits.shape[0]:
-        best = upsample_argmax_all(logits[candidates], height, width, align_corners)
-        return candidates[best].to(label_dtype)
-    return upsample_argmax_all(logits, height, width, align_corners).to(label_dtype)
-
-
-def upsample_argmax_all(
-    logits: torch.Tensor, height: int, width: int, align_corners: bool = False
-) -> torch.Tensor:
-    """Chunked arg-max of upsampled logits over every class given (int64 indices)."""
-    best_value: torch.Tensor | None = None
-    best_index = torch.zeros((height, width), dtype=torch.int64, device=logits.device)
-    for start in range(0, logits.shape[0], CLASS_CHUNK):
-        chunk = F.interpolate(
-            logits[None, start : start + CLASS_CHUNK],
-            size=(height, width),
-            mode="bilinear",
-            align_corners=align_corners,
-        )[0]
-        value, index = chunk.max(dim=0)
-        if best_value is None:
-            best_value, best_index = value, index
-        else:
-            better = value > best_value  # strict: ties keep the lower class id
-            best_value = torch.where(better, value, best_value)
-            best_index = torch.where(better, index + start, best_index)
-    return best_index
 
 
 def label_map(labels: torch.Tensor) -> np.ndarray:

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from transformers import SegformerForSemanticSegmentation
 
+from deployments.adapters.bilinear_argmax import candidate_classes, upsample_argmax
 from deployments.adapters.device import plan_device
 from deployments.adapters.hf_segformer import HFSegformerAdapter
-from deployments.adapters.torch_common import candidate_classes, upsample_argmax
 from deployments.config import LimitsConfig, ModelConfig
 from deployments.pipeline.errors import ModelLoadError
 from deployments.pipeline.imaging import decode_image, fit_within, resize_labels
