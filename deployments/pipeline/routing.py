@@ -251,19 +251,22 @@ class Router:
             + state.overhead.mean_ms(0)
             + self._others_ms(card.name, now)
         )
-        answered = False
+        answered = dropped = False
         try:
             yield
             answered = True
-        except DeadlineExceeded:  # dropped at its batch's start: at least this late
-            answered = True
+        except DeadlineExceeded:
+            dropped = True
             raise
         finally:
             done = self._clock()
             state.pending = [p for p in state.pending if p is not entry]
             state.last_done_at = done
-            if answered:
-                state.calibration.observe(predicted_ms, (done - now) * 1000, done)
+            actual_ms = (done - now) * 1000
+            # Dropped when its batch started: it would have taken at least this long, which
+            # says something only when that is already later than predicted.
+            if answered or (dropped and actual_ms > predicted_ms):
+                state.calibration.observe(predicted_ms, actual_ms, done)
 
     def observe(
         self,
