@@ -28,6 +28,7 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle
 
+from deployments.affinity import pin_process
 from deployments.config import GatewayConfig, ModelConfig, deployment_name
 from deployments.contract import ModelCard, Prediction, PredictRequest
 from deployments.pipeline.admission import overloaded_message
@@ -136,6 +137,7 @@ class Gateway(SegServeGrpc, OipGrpc):
         models: list[ModelConfig],
         handles: Mapping[str, DeploymentHandle[Any]],
     ) -> None:
+        pin_process(config.cpu_affinity, "gateway")  # before the decode workers start
         self.routes = metrics.Counter(
             "segserve_routed_requests",
             "Answered requests by model, how it was chosen and whether the budget was met.",

@@ -19,6 +19,7 @@ from ray.serve import metrics
 
 from deployments.adapters.device import plan_device
 from deployments.adapters.registry import cuda_available
+from deployments.affinity import pin_process
 from deployments.config import ModelConfig
 from deployments.contract import ModelCard, Prediction, PredictRequest
 from deployments.model_core import ModelCore
@@ -35,11 +36,14 @@ def _batch_cost(requests: list[tuple[PredictRequest, int]]) -> int:
 class ModelServer:
     def __init__(self, config: ModelConfig) -> None:
         resources = ray.get_runtime_context().get_assigned_resources()  # type: ignore[no-untyped-call]
+        pinning = pin_process(config.cpu_affinity, f"model {config.name!r}")  # before torch threads
         device = plan_device(
             gpus_assigned=float(resources.get("GPU", 0.0)),
             cpus_assigned=float(resources.get("CPU", config.num_cpus or 1.0)),
             cpu_threads=config.cpu_threads,
             cuda_available=lambda: cuda_available(config.framework),
+            cpu_affinity=pinning.cpus,
+            cpu_note=pinning.note,
         )
         if device.fallback_reason:
             logger.warning("model %r: %s; running on CPU", config.name, device.fallback_reason)

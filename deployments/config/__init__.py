@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from deployments.config.base import ConfigError, StrictModel, valid_model_name
+from deployments.config.base import ConfigError, CpuAffinity, StrictModel, valid_model_name
 from deployments.config.gateway import (
     AdmissionConfig,
     AuthConfig,
@@ -44,6 +44,7 @@ __all__ = [
     "AutoscalingConfig",
     "BatchingConfig",
     "ConfigError",
+    "CpuAffinity",
     "GatewayConfig",
     "ImageContractConfig",
     "LimitsConfig",
@@ -82,6 +83,11 @@ class GatewayConfig(StrictModel):
     num_replicas: int = Field(default=1, ge=1)
     num_cpus: float = Field(default=0.5, ge=0)
     """CPUs reserved per gateway replica (decode, resize and encode run here)."""
+
+    cpu_affinity: CpuAffinity | None = None
+    """CPU ids each gateway replica (and its decode workers, started after) pins itself to
+    at start, as ``models[].cpu_affinity`` does; by default unpinned (the gateway floats
+    over the cores the models leave free)."""
 
     max_ongoing_requests: int = Field(default=64, ge=1)
 

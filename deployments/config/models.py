@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from deployments.config.base import _NAME, StrictModel
+from deployments.config.base import _NAME, CpuAffinity, StrictModel
 
 
 class BatchingConfig(StrictModel):
@@ -143,7 +143,16 @@ class ModelConfig(StrictModel):
     """``torch.compile`` the model and warm it up at replica start (slow start, faster batches)."""
 
     cpu_threads: int | None = Field(default=None, ge=1, le=256)
-    """Torch threads on CPU; by default the CPUs Ray gave the replica (rounded up)."""
+    """Torch threads on CPU; by default the CPUs in ``cpu_affinity`` when it is set, else
+    the CPUs Ray gave the replica (rounded up). At most ``len(cpu_affinity)``."""
+
+    cpu_affinity: CpuAffinity | None = None
+    """CPU ids (as the node numbers them) each replica pins its process to at start
+    (Linux ``sched_setaffinity``; elsewhere logged and ignored), e.g. ``[0]`` to give a model
+    a core of its own on a CPU-only machine. Ids the node does not let the replica use are
+    logged as an error and dropped; with none left the replica runs unpinned (it starts
+    either way, so a wrong id never crash-loops a deployment). Ray's ``num_cpus`` is
+    bookkeeping only; this is what keeps models off each other's cores. Default: unpinned."""
 
     label_max_pixels: int = Field(default=512 * 512, ge=1024)
     """Resolution bound for the arg-max: logits are upsampled to the original size only up
@@ -174,6 +183,12 @@ class ModelConfig(StrictModel):
     @model_validator(mode="after")
     def _scaling(self) -> ModelConfig:
         _replicas_or_autoscaling(self.num_replicas, self.autoscaling_config)
+        affinity, threads = self.cpu_affinity, self.cpu_threads
+        if affinity is not None and threads is not None and threads > len(affinity):
+            raise ValueError(
+                f"cpu_threads ({threads}) is more than the CPUs in cpu_affinity "
+                f"({len(affinity)}): the threads would contend for them"
+            )
         return self
 
     @field_validator("name")

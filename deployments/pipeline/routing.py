@@ -2,19 +2,19 @@
 
 :class:`Router` is the gateway's running view of every model (latency fits fed by
 the batches replicas report, work in flight, how busy shared compute is) and
-turns it into predicted completion times. :func:`choose` and :func:`explicit`
-are the pure policy over those predictions:
+turns it into predicted completion times; :func:`choose` and :func:`explicit`
+(:mod:`deployments.pipeline.policy`) are the pure policy over those predictions.
 
-- No budget: the configured default model (``chosen_by="default"``).
-- A budget: the highest-quality model predicted to finish within it
-  (``"budget"``); ties go to the faster one.
-- Nothing fits: the fastest model, reported as not meeting the budget
-  (``"fastest"``), unless the request is strict, which is rejected at once with
-  :class:`DeadlineExceeded` and never queued.
-- An explicit ``model=<name>`` skips selection but keeps the deadline
-  (``"explicit"``); strict rejects it too when it is predicted to miss.
-- A model whose admission capacity is full (:mod:`.admission`) is not a candidate
-  for a budget while another one has room.
+A prediction is the gateway's decode and encode (fitted against the photo's
+pixels), then the model's round trip: the replica's timeline
+(:mod:`deployments.pipeline.queueing`: the batch running now and how far along it
+is, the requests queued and those still decoding here, the batch this one will
+join) plus the transport, scaled by the model's
+:class:`~deployments.pipeline.latency.Calibration` (a high quantile of how late
+earlier round trips came back against their predictions). A model is a
+candidate only when the request would not make one already routed there miss a
+budget it was predicted to meet. A model whose admission capacity is full
+(:mod:`.admission`) is not a candidate for a budget while another one has room.
 
 Ray-free: it sees model cards, the configuration and predictions, never a handle.
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 import collections
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence, Set
+from collections.abc import Callable, Iterator, Mapping, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,74 +32,11 @@ from typing import Any
 from deployments.config import ModelConfig, RoutingConfig
 from deployments.contract import LatencySample, ModelCard, Prediction
 from deployments.pipeline.errors import DeadlineExceeded
-from deployments.pipeline.latency import LinearLatency, QueueState, queue_wait_ms
+from deployments.pipeline.latency import Calibration, LinearLatency
+from deployments.pipeline.policy import Candidate, RouteChoice, choose, explicit
+from deployments.pipeline.queueing import Pending, Timeline, drain
 
-
-@dataclass(frozen=True)
-class Candidate:
-    name: str
-    quality: float
-    predicted_ms: float
-
-
-@dataclass(frozen=True)
-class RouteChoice:
-    name: str
-    predicted_ms: float
-    #: The prediction says it finishes within the budget (None without a budget).
-    fits: bool | None
-    #: "default" | "budget" | "fastest" | "explicit"
-    chosen_by: str
-
-
-def choose(
-    candidates: Sequence[Candidate],
-    budget_ms: float | None,
-    default: str,
-    strict: bool = False,
-    upgrade: bool = True,
-) -> RouteChoice:
-    """Pick among ``candidates`` (the models ``model=auto`` may use, default included).
-
-    ``upgrade=False`` (shared compute that is already busy) takes the fastest model
-    that fits rather than the best: a slow model would delay the requests behind it.
-    """
-    by_name = {c.name: c for c in candidates}
-    if default not in by_name and (budget_ms is None or not candidates):
-        raise ValueError(f"default model {default!r} is not a candidate")
-    if budget_ms is None:
-        chosen = by_name[default]
-        return RouteChoice(chosen.name, chosen.predicted_ms, None, "default")
-    fitting = [c for c in candidates if c.predicted_ms <= budget_ms]
-    if fitting:
-        if upgrade:
-            best = max(fitting, key=lambda c: (c.quality, -c.predicted_ms))
-        else:
-            best = min(fitting, key=lambda c: (c.predicted_ms, -c.quality))
-        return RouteChoice(best.name, best.predicted_ms, True, "budget")
-    fastest = min(candidates, key=lambda c: (c.predicted_ms, -c.quality))
-    if strict:
-        raise DeadlineExceeded(
-            f"no model can answer within budget_ms={budget_ms:g}: the fastest, "
-            f"{fastest.name!r}, is predicted to take {fastest.predicted_ms:.0f} ms "
-            "(strict=true: rejected without queueing)",
-            code="budget_unreachable",
-        )
-    return RouteChoice(fastest.name, fastest.predicted_ms, False, "fastest")
-
-
-def explicit(name: str, predicted_ms: float, budget_ms: float | None, strict: bool) -> RouteChoice:
-    """A model the request named: no selection, but the budget still holds."""
-    if budget_ms is None:
-        return RouteChoice(name, predicted_ms, None, "explicit")
-    fits = predicted_ms <= budget_ms
-    if strict and not fits:
-        raise DeadlineExceeded(
-            f"model {name!r} is predicted to take {predicted_ms:.0f} ms, over "
-            f"budget_ms={budget_ms:g} (strict=true: rejected without queueing)",
-            code="budget_unreachable",
-        )
-    return RouteChoice(name, predicted_ms, fits, "explicit")
+__all__ = ["Candidate", "RouteChoice", "Router", "choose", "explicit"]
 
 
 #: Batch ids remembered to count each batch once (its requests return one by one).
@@ -109,6 +46,12 @@ _SEEN_BATCHES = 4096
 #: about 20 ms plus 20 ms per megapixel on a laptop core (JPEG draft decoding).
 _GATEWAY_PRIOR = (LatencySample(0, 20.0), LatencySample(10e6, 220.0))
 
+#: The least spread (a fraction of the predicted round trip) assumed before calibration.
+_MIN_SPREAD = 0.1
+
+#: How long a reservation without a budget waits to be sent before it is forgotten.
+_RESERVATION_S = 30.0
+
 
 @dataclass
 class _ModelState:
@@ -117,16 +60,20 @@ class _ModelState:
     config: ModelConfig
     card: ModelCard
     service: LinearLatency  # batch time vs batch input pixels (replica-measured)
-    overhead: LinearLatency  # round trip minus inference minus the queue estimate
-    queue: QueueState = field(default_factory=QueueState)
+    overhead: LinearLatency  # round trip minus the replica's queue and inference times
+    calibration: Calibration  # actual / predicted round trips
+    #: Requests routed here and not answered: sent, or reserved while they decode.
+    pending: list[Pending] = field(default_factory=list)
+    #: When a request to this model last came back (its batch had ended).
+    last_done_at: float | None = None
     round_trips: int = 0
 
-    def wait_ms(self, replicas: int) -> float:
-        """Time for the work in flight to this model to drain."""
-        batching = self.config.batching
-        return queue_wait_ms(
-            self.service, self.queue, replicas, batching.max_batch_size, batching.max_batch_pixels
-        )
+
+@dataclass(frozen=True)
+class _Forecast:
+    total_ms: float
+    harms: bool
+    entry: Pending
 
 
 class Router:
@@ -157,13 +104,19 @@ class Router:
     def _state(self, card: ModelCard) -> _ModelState:
         state = self._states.get(card.name)
         if state is None:
-            half_life = self.settings.half_life
+            settings = self.settings
             state = _ModelState(
                 config=self.models[card.name],
                 card=card,
                 # Warm-up batches run while replicas start: they seed, real batches decide.
-                service=LinearLatency(half_life, card.warmup, prior_weight=0.1),
-                overhead=LinearLatency(half_life),
+                service=LinearLatency(settings.half_life, card.warmup, prior_weight=0.1),
+                overhead=LinearLatency(settings.half_life),
+                calibration=Calibration(
+                    settings.calibration_window,
+                    settings.margin_quantile,
+                    settings.calibration_min_samples,
+                    settings.calibration_max_age_s,
+                ),
             )
             self._states[card.name] = state
         return state
@@ -178,43 +131,143 @@ class Router:
         )
         return max(1, running or configured)
 
-    def queue_ms(self, card: ModelCard) -> float:
-        """Expected wait before a new request's batch starts on this model."""
-        wait = self._state(card).wait_ms(self.replicas(card.name))
-        if self.settings.shared_compute:
-            wait += sum(
-                other.wait_ms(self.replicas(name))
-                for name, other in self._states.items()
-                if name != card.name
-            )
-        return wait
+    def _timeline(self, state: _ModelState, now: float, extra: Pending | None = None) -> Timeline:
+        pending = state.pending if extra is None else [*state.pending, extra]
+        return drain(
+            state.service, pending, now, state.last_done_at, state.config.batching,
+            self.replicas(state.card.name),
+        )  # fmt: skip
 
-    def predict_ms(self, card: ModelCard, image_size: tuple[int, int] | None) -> float:
-        """Predicted decode + queue + service + encode for an image of this size, now."""
+    def _expire(self, now: float) -> None:
+        for state in self._states.values():
+            if any(not p.sent and p.expires_at < now for p in state.pending):
+                state.pending = [p for p in state.pending if p.sent or p.expires_at >= now]
+
+    def _others_ms(self, name: str, now: float) -> float:
+        """On shared compute: the work queued on every other model, which runs first."""
+        if not self.settings.shared_compute:
+            return 0.0
+        return sum(
+            (self._timeline(other, now).free_at - now) * 1000
+            for other_name, other in self._states.items()
+            if other_name != name
+        )
+
+    def queue_ms(self, card: ModelCard) -> float:
+        """Expected wait before a new request's batch could start on this model."""
+        now = self._clock()
+        state = self._state(card)
+        return (self._timeline(state, now).free_at - now) * 1000 + self._others_ms(card.name, now)
+
+    def _forecast(
+        self,
+        card: ModelCard,
+        image_size: tuple[int, int] | None,
+        now: float,
+        deadline: float | None = None,
+    ) -> _Forecast:
+        """Predicted decode + queue + service + encode for an image of this size, sent now."""
         state = self._state(card)
         width, height = image_size or card.input_spec.target_size(512, 512)
         in_w, in_h = card.input_spec.target_size(width, height)
-        parts = (
-            (self.gateway_cost, width * height),
-            (state.overhead, 0),
-            (state.service, in_w * in_h),
+        gateway_ms = self.gateway_cost.mean_ms(width * height)
+        entry = Pending(in_w * in_h, now + gateway_ms / 1000, sent=False, deadline=deadline)
+        others_ms = self._others_ms(card.name, now)
+        before, after = self._timeline(state, now), self._timeline(state, now, entry)
+        round_trip_ms = (
+            (after.finishes[-1] - entry.ready_at) * 1000 + state.overhead.mean_ms(0) + others_ms
         )
-        mean = sum(model.mean_ms(pixels) for model, pixels in parts)
-        # Independent parts: their variances add (a sum of per-part margins overstates).
-        spread = math.sqrt(sum(model.coefficients()[2] ** 2 for model, _ in parts))
-        return mean + self.queue_ms(card) + self.settings.margin_sigmas * spread
+        factor = state.calibration.factor(now)
+        sigmas = self.settings.margin_sigmas
+        gateway_spread = self.gateway_cost.coefficients()[2]
+        if factor is not None:
+            total = gateway_ms + round_trip_ms * factor + sigmas * gateway_spread
+        elif not state.pending:
+            # Idle and not (or no longer) calibrated: probe it at its mean. Without this a
+            # warm-up timed on a busy machine, or one bad spell, shuts a model out for good
+            # (never chosen, it never shows it is faster than that).
+            total = gateway_ms + round_trip_ms + sigmas * gateway_spread
+        else:  # independent parts: their variances add (a sum of per-part margins overstates)
+            parts = (self.gateway_cost, state.overhead, state.service)
+            spread = math.sqrt(sum(model.coefficients()[2] ** 2 for model in parts))
+            # A fit of a few batches (or of the warm-up's two, exactly on a line) knows
+            # nothing of the spread yet: assume at least _MIN_SPREAD of the round trip.
+            spread = max(spread, _MIN_SPREAD * round_trip_ms)
+            total = gateway_ms + round_trip_ms + sigmas * spread
+        harms = self._harms(state, now, before, after, others_ms)
+        if self.settings.shared_compute and not harms:
+            service_ms = state.service.mean_ms(entry.pixels)
+            harms = any(
+                self._harms(other, now, self._timeline(other, now), None, 0.0, service_ms)
+                for name, other in self._states.items()
+                if name != card.name
+            )
+        return _Forecast(total, harms, entry)
+
+    def _harms(
+        self,
+        state: _ModelState,
+        now: float,
+        before: Timeline,
+        after: Timeline | None,
+        extra_ms: float,
+        delay_ms: float = 0.0,
+    ) -> bool:
+        """Whether a request already routed to ``state``'s model that is predicted to meet
+        its deadline ``before`` would miss it ``after`` (or ``delay_ms`` later)."""
+        factor = state.calibration.factor(now) or 1.0
+        overhead = state.overhead.mean_ms(0) + extra_ms
+
+        def projected(finish: float, delay: float) -> float:
+            return now + ((finish - now) * 1000 + overhead + delay) * factor / 1000
+
+        for index, request in enumerate(state.pending):
+            if request.deadline is None:
+                continue
+            finish = before.finishes[index]
+            late = projected(after.finishes[index] if after else finish, delay_ms)
+            if late > request.deadline >= projected(finish, 0.0):
+                return True
+        return False
+
+    def predict_ms(self, card: ModelCard, image_size: tuple[int, int] | None) -> float:
+        """Predicted decode + queue + service + encode for an image of this size, now."""
+        return self._forecast(card, image_size, self._clock()).total_ms
 
     @contextmanager
     def in_flight(self, card: ModelCard, pixels: int) -> Iterator[None]:
-        """Count a request as queued on its model while it is out."""
-        queue = self._state(card).queue
-        queue.requests += 1
-        queue.pixels += pixels
+        """Count a request as queued on its model while it is out; learn how late it was."""
+        now = self._clock()
+        self._expire(now)
+        state = self._state(card)
+        reserved = [p for p in state.pending if not p.sent]
+        entry = next((p for p in reserved if p.pixels == pixels), reserved[0] if reserved else None)
+        if entry is None:  # a model named by the request: no reservation, no deadline known
+            entry = Pending(pixels, now, sent=True)
+            state.pending.append(entry)
+        entry.sent, entry.ready_at, entry.pixels = True, now, pixels
+        index = next(i for i, p in enumerate(state.pending) if p is entry)
+        predicted_ms = (
+            (self._timeline(state, now).finishes[index] - now) * 1000
+            + state.overhead.mean_ms(0)
+            + self._others_ms(card.name, now)
+        )
+        answered = dropped = False
         try:
             yield
+            answered = True
+        except DeadlineExceeded:
+            dropped = True
+            raise
         finally:
-            queue.requests -= 1
-            queue.pixels -= pixels
+            done = self._clock()
+            state.pending = [p for p in state.pending if p is not entry]
+            state.last_done_at = done
+            actual_ms = (done - now) * 1000
+            # Dropped when its batch started: it would have taken at least this long, which
+            # says something only when that is already later than predicted.
+            if answered or (dropped and actual_ms > predicted_ms):
+                state.calibration.observe(predicted_ms, actual_ms, done)
 
     def observe(
         self,
@@ -225,7 +278,10 @@ class Router:
         original_pixels: int,
         gateway_ms: float,
     ) -> None:
-        """Learn from one answered request (its batch counted once, however many it held)."""
+        """Learn from one answered request (its batch counted once, however many it held).
+
+        ``queue_estimate_ms`` is unused: the transport overhead is the round trip less
+        what the replica measured (its queue and the batch), not less a prediction."""
         state = self._state(card)
         batch = prediction.batch_id
         if batch and batch not in self._seen_batches:
@@ -235,9 +291,8 @@ class Router:
             state.service.observe(prediction.batch_pixels, prediction.inference_ms)
             self._busy.append((self._clock(), prediction.inference_ms / 1000))
         if state.round_trips:  # the first call through a new handle also sets it up
-            state.overhead.observe(
-                0, max(0.0, round_trip_ms - prediction.inference_ms - queue_estimate_ms)
-            )
+            replica_ms = prediction.queue_ms + prediction.inference_ms
+            state.overhead.observe(0, max(0.0, round_trip_ms - replica_ms))
         state.round_trips += 1
         self.gateway_cost.observe(original_pixels, gateway_ms)
 
@@ -263,21 +318,34 @@ class Router:
     ) -> RouteChoice:
         """``model=auto`` among the models that answered (``cards``), for the budget left;
         with a budget, models in ``full`` (at their admission capacity) are left out while
-        another candidate has room."""
+        another candidate has room.
+
+        The chosen model gets a reservation: until the request is sent (after its
+        decode) it counts in that model's queue, with its deadline."""
+        now = self._clock()
+        self._expire(now)
+        deadline = None if budget_ms is None else now + budget_ms / 1000
+        candidates, entries = [], {}
         names = self.candidates(cards)
         if budget_ms is not None:
             names = [name for name in names if name not in full] or names
-        candidates = []
         for name in names:
             quality = self.models[name].quality
+            forecast = self._forecast(cards[name], image_size, now, deadline)
+            entries[name] = forecast.entry
             candidates.append(
                 Candidate(
                     name,
                     float("-inf") if quality is None else quality,
-                    self.predict_ms(cards[name], image_size),
+                    forecast.total_ms,
+                    forecast.harms,
                 )
             )
-        return choose(candidates, budget_ms, self.default_model, strict, self.upgrade_allowed())
+        choice = choose(candidates, budget_ms, self.default_model, strict, self.upgrade_allowed())
+        entry = entries[choice.name]
+        entry.expires_at = now + _RESERVATION_S if deadline is None else deadline
+        self._states[choice.name].pending.append(entry)
+        return choice
 
     def utilization(self) -> float:
         """Model seconds run per second, over the last ``utilization_window_s``."""
@@ -295,12 +363,15 @@ class Router:
         state = self._states.get(name)
         if state is None:
             return {"samples": 0, "note": "no request routed to this model yet"}
+        sent = [p for p in state.pending if p.sent]
         return {
             "service": state.service.to_dict(),
             "overhead": state.overhead.to_dict(),
-            "in_flight": {"requests": state.queue.requests, "pixels": state.queue.pixels},
+            "in_flight": {"requests": len(sent), "pixels": sum(p.pixels for p in sent)},
+            "reserved": len(state.pending) - len(sent),
             "queue_ms": round(self.queue_ms(state.card), 1),
             "predicted_ms_512x512": round(self.predict_ms(state.card, (512, 512)), 1),
+            "calibration": state.calibration.to_dict(self._clock()),
             "margin_sigmas": self.settings.margin_sigmas,
             "shared_compute": self.settings.shared_compute,
             "utilization": round(self.utilization(), 3),

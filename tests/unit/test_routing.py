@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,13 @@ from deployments.contract import LatencySample, ModelCard, Prediction
 from deployments.model_core import LocalEndpoint, ModelCore
 from deployments.pipeline.errors import DeadlineExceeded, InvalidParameter
 from deployments.pipeline.imaging import InputSpec
-from deployments.pipeline.latency import LinearLatency, QueueState, queue_wait_ms
+from deployments.pipeline.latency import Calibration, LinearLatency
 from deployments.pipeline.options import parse_options
+from deployments.pipeline.queueing import Pending, drain
 from deployments.pipeline.routing import Candidate, Router, choose, explicit
 from deployments.pipeline.service import SegmentationService, peek_size
 from tests.images import jpeg
+from tests.routing_sim import SimModel, attainment, mean_quality, simulate
 from tests.tiny_models import save_tiny_segformer
 
 times = st.floats(min_value=0.1, max_value=60_000, allow_nan=False)
@@ -136,17 +140,16 @@ def test_queue_wait_grows_with_work_ahead_and_shrinks_with_replicas(
     requests: int, replicas: int, batch: int
 ) -> None:
     model = LinearLatency(prior=[LatencySample(262_144, 300.0), LatencySample(524_288, 550.0)])
-    pixels = requests * 262_144
-    wait = queue_wait_ms(model, QueueState(requests, pixels), replicas, batch, batch * 262_144)
-    more = queue_wait_ms(
-        model, QueueState(requests + 1, pixels + 262_144), replicas, batch, batch * 262_144
-    )
-    assert wait >= 0 and more >= wait
-    assert (
-        queue_wait_ms(model, QueueState(requests, pixels), replicas + 1, batch, batch * 262_144)
-        <= wait + 1e-9
-    )
-    assert queue_wait_ms(model, QueueState(0, 0), replicas, batch, batch * 262_144) == 0
+    batching = BatchingConfig(max_batch_size=batch, max_batch_pixels=batch * 262_144)
+
+    def free_after(count: int, shared_by: int) -> float:
+        queued = [Pending(262_144, 10.0, sent=True) for _ in range(count)]
+        return drain(model, queued, 10.0, None, batching, shared_by).free_at - 10.0
+
+    wait = free_after(requests, replicas)
+    assert wait >= 0 and free_after(requests + 1, replicas) >= wait
+    assert free_after(requests, replicas + 1) <= wait + 1e-9
+    assert free_after(0, replicas) == 0
 
 
 @pytest.mark.parametrize(
@@ -180,7 +183,17 @@ def recorded_card(name: str, warmup: tuple[LatencySample, ...]) -> ModelCard:
     return ModelCard(name, "hf_segformer", "random", None, ["a", "b"], SPEC, warmup)
 
 
-def recorded_router(**routing: Any) -> tuple[Router, dict[str, ModelCard]]:
+class Clock:
+    """The router's clock, moved by hand (s)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def clocked_router(**routing: Any) -> tuple[Router, dict[str, ModelCard], Clock]:
     batching = BatchingConfig(max_batch_size=2, max_batch_pixels=2 * SIDE * SIDE)
     models = {
         name: ModelConfig(
@@ -188,9 +201,14 @@ def recorded_router(**routing: Any) -> tuple[Router, dict[str, ModelCard]]:
         )
         for name, q in (("fast", 10.0), ("slow", 40.0))
     }
-    clock = iter(range(10**6))
-    router = Router(RoutingConfig(**routing), models, "fast", clock=lambda: float(next(clock)))
+    clock = Clock()
+    router = Router(RoutingConfig(**routing), models, "fast", clock=clock)
     cards = {"fast": recorded_card("fast", FAST_WARMUP), "slow": recorded_card("slow", SLOW_WARMUP)}
+    return router, cards, clock
+
+
+def recorded_router(**routing: Any) -> tuple[Router, dict[str, ModelCard]]:
+    router, cards, _ = clocked_router(**routing)
     return router, cards
 
 
@@ -267,6 +285,187 @@ def test_without_upgrades_the_fastest_fitting_model_answers(
         assert choice.fits and choice.predicted_ms == min(c.predicted_ms for c in fitting)
     else:
         assert choice == choose(candidates, budget, "m0")
+
+
+# ------------------------------------------------------------- the queue model, recorded samples
+
+P = SIDE * SIDE
+IMAGE = (320, 240)
+
+
+def test_batches_form_as_requests_arrive_and_run_one_after_another() -> None:
+    """Ray Serve 2.60 closes a batch batch_wait_timeout_s after its first request, busy
+    replica or not: two requests 2 ms apart share one, the earlier one runs alone."""
+    model = LinearLatency(prior=[LatencySample(P, 100.0), LatencySample(2 * P, 200.0)])
+    batching = BatchingConfig(max_batch_size=4, max_batch_pixels=4 * P, batch_wait_timeout_s=0.01)
+    pending = [Pending(P, 0.0, True), Pending(P, 0.05, True), Pending(P, 0.052, True)]
+    timeline = drain(model, pending, 0.06, None, batching)
+    assert timeline.finishes == pytest.approx((0.11, 0.31, 0.31))
+    # The replica drops a request whose deadline passed before its batch started: no time.
+    pending[1].deadline = 0.08
+    timeline = drain(model, pending, 0.06, None, batching)
+    assert timeline.finishes == pytest.approx((0.11, 0.21, 0.21))
+    # A request still decoding arrives when expected and queues behind the others.
+    late = drain(model, [*pending, Pending(P, 0.07, sent=False)], 0.06, None, batching)
+    assert late.finishes[-1] == pytest.approx(0.31)
+
+
+def test_a_running_batch_counts_only_what_is_left_of_it() -> None:
+    router, cards, clock = clocked_router()
+    slow = cards["slow"]
+    with router.in_flight(slow, P):
+        whole = router.queue_ms(slow)  # just sent: its batch (400 ms) and the batch wait
+        assert whole == pytest.approx(410, rel=0.01)
+        clock.now += 0.2
+        assert router.queue_ms(slow) == pytest.approx(210, rel=0.01)
+        clock.now += 1.0
+        assert router.queue_ms(slow) == 0  # past its predicted end: done any moment now
+    # The model answered just now: a new request does not wait for that batch again.
+    assert router.queue_ms(slow) == 0
+
+
+def test_requests_still_decoding_count_in_their_models_queue() -> None:
+    router, cards, _ = clocked_router()
+    alone = router.predict_ms(cards["slow"], IMAGE)
+    first = router.choose(cards, IMAGE, alone * 1.5, strict=False)
+    assert first.name == "slow"
+    assert router.info("slow")["reserved"] == 1
+    assert router.info("slow")["in_flight"] == {"requests": 0, "pixels": 0}
+    # Routed at once, the second sees the first ahead of it (it is still decoding).
+    assert router.predict_ms(cards["slow"], IMAGE) > alone * 1.5
+    assert router.choose(cards, IMAGE, alone * 1.5, strict=False).name == "fast"
+    with router.in_flight(cards["slow"], P):  # the first, decoded, goes out
+        assert router.info("slow")["reserved"] == 0
+        assert router.info("slow")["in_flight"] == {"requests": 1, "pixels": P}
+
+
+def test_a_reservation_whose_request_never_reaches_the_model_is_forgotten() -> None:
+    router, cards, clock = clocked_router()
+    assert router.choose(cards, IMAGE, 60_000, strict=False).name == "slow"
+    assert router.info("slow")["reserved"] == 1
+    clock.now += 61  # its budget ran out (a decode error, a client gone)
+    router.choose(cards, IMAGE, None, strict=False)
+    assert router.info("slow")["reserved"] == 0
+
+
+def test_a_request_that_would_make_a_queued_one_miss_goes_elsewhere() -> None:
+    router, cards, _ = clocked_router()
+    alone = router.predict_ms(cards["slow"], IMAGE)
+    assert router.choose(cards, IMAGE, alone * 1.2, strict=False).name == "slow"
+    # Sent now it would join that request's batch (a batch of two takes 780 ms, not 400):
+    # it fits its own loose budget but would make the first one miss.
+    assert router.choose(cards, IMAGE, 60_000, strict=False).name == "fast"
+    relaxed, cards, _ = clocked_router()
+    assert relaxed.choose(cards, IMAGE, 60_000, strict=False).name == "slow"
+    assert relaxed.choose(cards, IMAGE, 60_000, strict=False).name == "slow"
+
+
+def test_load_on_the_accurate_model_spills_to_the_fast_one_and_back() -> None:
+    router, cards, _ = clocked_router()
+    budget = router.predict_ms(cards["slow"], IMAGE) * 2
+    with contextlib.ExitStack() as queued:
+        for _ in range(3):
+            queued.enter_context(router.in_flight(cards["slow"], P))
+        spilled = router.choose(cards, IMAGE, budget, strict=False)
+        assert (spilled.name, spilled.chosen_by) == ("fast", "budget")
+    assert router.choose(cards, IMAGE, budget, strict=False).name == "slow"
+
+
+def test_calibration_scales_predictions_by_how_late_round_trips_came_back() -> None:
+    for lateness in (2.0, 0.5):  # too optimistic, too cautious
+        router, cards, clock = clocked_router(calibration_min_samples=10)
+        fast = cards["fast"]
+        gateway_ms = router.gateway_cost.mean_ms(IMAGE[0] * IMAGE[1])
+        idle = router.predict_ms(fast, IMAGE)  # not calibrated, idle: its mean
+        round_trip_ms = idle - gateway_ms
+        assert round_trip_ms == pytest.approx(50, rel=0.01)  # 40 ms batch + 10 ms wait
+        for _ in range(10):
+            with router.in_flight(fast, P):
+                clock.now += lateness * round_trip_ms / 1000
+        assert router.info("fast")["calibration"]["factor"] == pytest.approx(lateness)
+        calibrated = router.predict_ms(fast, IMAGE) - gateway_ms
+        assert calibrated == pytest.approx(lateness * round_trip_ms, rel=0.01)
+        clock.now += 301  # calibration_max_age_s: old ratios no longer count
+        assert router.info("fast")["calibration"]["factor"] is None
+        assert router.predict_ms(fast, IMAGE) == pytest.approx(idle, rel=0.01)
+
+
+def test_an_uncalibrated_model_is_tried_at_its_mean_when_idle_only() -> None:
+    router, cards, _ = clocked_router()
+    slow = cards["slow"]
+    idle = router.predict_ms(slow, IMAGE)
+    with router.in_flight(slow, P):
+        busy = router.predict_ms(slow, IMAGE)
+    # Busy: sent 20 ms after the batch ahead closed, its own batch starts when that one
+    # ends (410 ms), ends 400 ms later; with a margin of 3 x at least 10 % of that.
+    gateway_ms = router.gateway_cost.mean_ms(IMAGE[0] * IMAGE[1])
+    assert idle == pytest.approx(gateway_ms + 410, rel=0.01)
+    assert busy == pytest.approx(gateway_ms + 1.3 * (810 - gateway_ms), rel=0.01)
+
+
+def test_a_slow_warm_up_gives_the_fit_its_shape_not_its_level() -> None:
+    """Warm-up at replica start (every model loading at once) ran 4x slow: real batches of
+    one set the level, the warm-up's batch of two only says how time grows with pixels."""
+    model = LinearLatency(prior=SLOW_WARMUP, prior_weight=0.1)
+    assert model.mean_ms(2 * P) == pytest.approx(780, rel=0.01)
+    for _ in range(5):
+        model.observe(P, 100.0)
+    assert model.mean_ms(P) == pytest.approx(100, rel=0.01)
+    assert model.mean_ms(2 * P) == pytest.approx(195, rel=0.01)  # 100 x 780 / 400, not 780
+
+
+def test_the_transport_overhead_is_the_round_trip_less_what_the_replica_measured() -> None:
+    router, cards, _ = clocked_router()
+    answered = Prediction(
+        labels=np.zeros((1, 1), np.uint8), queue_ms=50.0, inference_ms=100.0, batch_size=1,
+        batch_pixels=P, batch_id="b1",
+    )  # fmt: skip
+    for _ in range(3):  # the first round trip also sets the handle up: not counted
+        router.observe(cards["slow"], answered, 170.0, 999.0, 640 * 480, 20.0)
+    assert router.info("slow")["overhead"]["fixed_ms"] == pytest.approx(20.0)
+
+
+def test_calibration_quantile_is_log_normal_then_empirical() -> None:
+    calibration = Calibration(window=200, quantile=0.95, min_samples=5)
+    assert calibration.factor() is None
+    for ratio in (1.0, 1.0, 1.0, 1.0, 1.0):
+        calibration.observe(100.0, 100.0 * ratio)
+    assert calibration.factor() == pytest.approx(1.0)
+    for _ in range(15):  # 20 ratios: the empirical 95th percentile counts, and sees the tail
+        calibration.observe(100.0, 100.0)
+    calibration.observe(100.0, 300.0)
+    factor = calibration.factor()
+    assert factor is not None and 1.0 < factor < 3.0  # one in 21: the log-normal's tail
+    for _ in range(3):
+        calibration.observe(100.0, 300.0)
+    assert calibration.factor() == pytest.approx(3.0)  # 4 of 24 at 3x: over 5 %
+
+
+# ------------------------------------------------------------- a replay of the isolated setting
+
+#: Model time per image (ms) as served in benchmarks/slo's isolated setting (SegFormer b0 and b2,
+#: each pinned to its own core of a 2-core machine that other work was also using).
+B0_MS = (2343.0, 1801.0, 2301.0, 1808.0, 1828.0, 1580.0, 1905.0, 1862.0, 1625.0, 1472.0, 1842.0)
+B2_MS = (7206.0, 7292.0, 6858.0, 5724.0, 6961.0, 5828.0, 6250.0, 6354.0)
+
+
+@pytest.mark.parametrize("load", [0.5, 0.8, 1.2])
+def test_in_a_replay_of_the_isolated_setting_auto_beats_both_static_policies(load: float) -> None:
+    fast = SimModel("b0", 37.4, B0_MS)
+    accurate = SimModel("b2", 46.5, B2_MS)
+    single = {"b0": statistics.median(B0_MS), "b2": statistics.median(B2_MS)}
+    budgets = [(3 * single["b0"], 1 / 3), (1.5 * single["b2"], 1 / 3), (3 * single["b2"], 1 / 3)]
+    rate = load * 1000 / single["b0"]
+    quality = {"b0": 37.4, "b2": 46.5}
+    runs = {
+        policy: simulate([fast, accurate], policy, rate, 1800, budgets, seed=3)
+        for policy in ("auto", "b0", "b2")
+    }
+    auto, fastest, accurate_only = (attainment(runs[p]) for p in ("auto", "b0", "b2"))
+    assert auto > accurate_only
+    if load <= 0.8:
+        assert auto >= fastest
+        assert mean_quality(runs["auto"], quality) > mean_quality(runs["b0"], quality)
 
 
 # ------------------------------------------------------------------ the service, in-process
