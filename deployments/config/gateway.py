@@ -111,7 +111,8 @@ class RoutingConfig(StrictModel):
 
     calibration_min_samples: int = Field(default=10, ge=2, le=100_000)
     """Answered requests a model needs before its calibration replaces ``margin_sigmas``
-    (an idle model with fewer is tried at its mean prediction, so it can show its speed)."""
+    (an idle model with none lately is tried at its mean prediction, so it can show its
+    speed)."""
 
     calibration_max_age_s: float = Field(default=300.0, gt=0, le=86_400)
     """Requests older than this no longer calibrate (a model not chosen for a while is

@@ -49,8 +49,10 @@ _GATEWAY_PRIOR = (LatencySample(0, 20.0), LatencySample(10e6, 220.0))
 #: The least spread (a fraction of the predicted round trip) assumed before calibration.
 _MIN_SPREAD = 0.1
 
-#: How long a reservation without a budget waits to be sent before it is forgotten.
-_RESERVATION_S = 30.0
+#: A reservation not sent within this long (or by its deadline) is forgotten: its request
+#: failed before the model (a decode error, an admission refusal, a client gone). A decode
+#: slower than this only stops counting in the queue until it is sent.
+_RESERVATION_S = 10.0
 
 
 @dataclass
@@ -182,10 +184,10 @@ class Router:
         gateway_spread = self.gateway_cost.coefficients()[2]
         if factor is not None:
             total = gateway_ms + round_trip_ms * factor + sigmas * gateway_spread
-        elif not state.pending:
-            # Idle and not (or no longer) calibrated: probe it at its mean. Without this a
-            # warm-up timed on a busy machine, or one bad spell, shuts a model out for good
-            # (never chosen, it never shows it is faster than that).
+        elif not state.pending and not state.calibration.samples(now):
+            # Idle, and no answer lately: probe it at its mean. Without this a warm-up timed
+            # on a busy machine, or one bad spell, shuts a model out for good (never chosen,
+            # it never shows it is faster than that). Once answers come in, margins apply.
             total = gateway_ms + round_trip_ms + sigmas * gateway_spread
         else:  # independent parts: their variances add (a sum of per-part margins overstates)
             parts = (self.gateway_cost, state.overhead, state.service)
@@ -343,7 +345,7 @@ class Router:
             )
         choice = choose(candidates, budget_ms, self.default_model, strict, self.upgrade_allowed())
         entry = entries[choice.name]
-        entry.expires_at = now + _RESERVATION_S if deadline is None else deadline
+        entry.expires_at = min(now + _RESERVATION_S, math.inf if deadline is None else deadline)
         self._states[choice.name].pending.append(entry)
         return choice
 
