@@ -43,8 +43,9 @@ CLASS_CHUNK = 16
 CELL_CHUNK = 64
 #: Classes with the highest peaks, whose cell minima set a first bar.
 STRONG = 8
-#: Past this share of the classes in the running (random weights), cells are not examined.
-CROWDED = 0.5
+#: Cells are examined when the output has at least this many pixels per cell; for less
+#: (mmseg's input-size scores), upsampling the classes in the running costs no more.
+CELL_RATIO = 4
 #: (pixel, class) scores replayed at once: bounds the replay's memory (~100 MB).
 PIXEL_CHUNK = 1 << 20
 #: Replaying one score costs about as much as upsampling this many with ``F.interpolate``
@@ -85,10 +86,9 @@ def upsample_argmax(
         return logits.max(dim=0).indices.to(label_dtype)
     kept, bar = contenders(logits)
     arithmetic = replayed_arithmetic(logits.device.type)
-    if arithmetic is None or height * width <= in_h * in_w or len(kept) > classes * CROWDED:
-        # Not upscaling (per-cell work would cost more than it saves), too many classes
-        # in the running (random weights), or source indices not known to be PyTorch's:
-        # upsample every class that may win somewhere.
+    if arithmetic is None or height * width < CELL_RATIO * in_h * in_w:
+        # Little upscaling (per-cell work would cost about what it saves), or source
+        # indices not known to be PyTorch's: upsample every class that may win somewhere.
         labels = interpolate_argmax(logits, kept, height, width, align_corners)
         return labels.to(label_dtype)
     cells = CellAnalysis(logits, kept, bar)

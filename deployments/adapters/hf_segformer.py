@@ -116,7 +116,7 @@ class HFSegformerAdapter(SegmentationAdapter):
         self._torch_label_dtype = torch.uint8 if len(self.labels) <= 256 else torch.int32
         self.forward = self.model
         if config.compile:
-            self.forward = torch.compile(self.model)
+            self.forward = compiled(self.model, config.compile_cache_dir)
 
     # ---------------------------------------------------------------- loading
 
@@ -180,6 +180,17 @@ class HFSegformerAdapter(SegmentationAdapter):
 
 
 # -------------------------------------------------------------------- helpers
+
+
+def compiled(model: Any, cache_dir: str | None) -> Any:
+    """``torch.compile(model)`` with Inductor's on-disk graph cache (in ``cache_dir`` if
+    given), so that a restart loads the graphs it compiled before."""
+    if cache_dir:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir).expanduser())
+    import torch._inductor.config
+
+    torch._inductor.config.fx_graph_cache = True
+    return torch.compile(model)
 
 
 def _size_field(size: Any, key: str) -> Any:

@@ -140,7 +140,15 @@ class ModelConfig(StrictModel):
     """``auto``: bf16 (or fp16) autocast on CUDA, fp32 on CPU."""
 
     compile: bool = False
-    """``torch.compile`` the model and warm it up at replica start (slow start, faster batches)."""
+    """``torch.compile`` the model's forward pass (hf_segformer), compiled by the warm-up at
+    replica start: a slow start (SegFormer-B0 on 2 CPU cores: about 2 minutes cold, seconds
+    from the cache below), then faster batches. Off by default: ``benchmarks/forward_modes.py``
+    measures the gain on your hardware."""
+
+    compile_cache_dir: str | None = None
+    """With ``compile``: where Inductor keeps compiled graphs (``TORCHINDUCTOR_CACHE_DIR``), so
+    a restarted replica loads them instead of compiling again. By default PyTorch's (under
+    the system temp directory, lost with a container): point it at a persistent volume."""
 
     cpu_threads: int | None = Field(default=None, ge=1, le=256)
     """Torch threads on CPU; by default the CPUs in ``cpu_affinity`` when it is set, else

@@ -61,8 +61,8 @@ def make_logits(kind: str, classes: int, height: int, width: int, seed: int) -> 
 @pytest.fixture(params=["auto", "replay", "upsample", "unknown", "tiny-chunks"])
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each way the undecided pixels can be settled."""
-    if request.param != "auto":  # examine cells however many classes are in the running
-        monkeypatch.setattr(bilinear_argmax, "CROWDED", 1.0)
+    if request.param != "auto":  # examine cells whatever the scale
+        monkeypatch.setattr(bilinear_argmax, "CELL_RATIO", 0)
     if request.param == "replay":  # always replay, never upsample the classes in doubt
         monkeypatch.setattr(bilinear_argmax, "REPLAY_COST", 0)
     elif request.param == "upsample":
@@ -188,7 +188,7 @@ def test_ties_are_replayed_in_the_kernels_rounding(monkeypatch: pytest.MonkeyPat
         return original(*args, fused=fused)
 
     monkeypatch.setattr(bilinear_argmax, "replay", spy)
-    monkeypatch.setattr(bilinear_argmax, "CROWDED", 1.0)
+    monkeypatch.setattr(bilinear_argmax, "CELL_RATIO", 0)
     monkeypatch.setattr(bilinear_argmax, "REPLAY_COST", 0)
     logits = make_logits("ulp", 5, 16, 16, seed=0)
     assert torch.equal(
