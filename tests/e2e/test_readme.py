@@ -186,6 +186,7 @@ def test_an_edited_config_deploys_in_place_while_requests_keep_coming(cluster: C
     """`serve deploy` again with an edited file updates the running application; every
     request sent meanwhile is answered."""
     statuses: list[int] = []
+    answers: list[str] = []  # status and error body of each answer, for the failure message
     stop = threading.Event()
     image = jpeg(160, 120)
 
@@ -196,7 +197,9 @@ def test_an_edited_config_deploys_in_place_while_requests_keep_coming(cluster: C
                     f"{cluster.url}/v1/segment", content=image,
                     headers={"Content-Type": "image/jpeg"},
                 )  # fmt: skip
+                code = "" if response.status_code == 200 else response.text[:200]
                 statuses.append(response.status_code)
+                answers.append(f"{response.status_code} {code}".strip())
 
     config = yaml.safe_load(cluster.config.read_text())
     limit = 1024 * 1024
@@ -224,4 +227,4 @@ def test_an_edited_config_deploys_in_place_while_requests_keep_coming(cluster: C
         stop.set()
         sender.join(180)
     assert len(statuses) >= 3
-    assert set(statuses) == {200}, statuses
+    assert set(statuses) == {200}, answers

@@ -83,7 +83,13 @@ def test_models_lists_the_paddle_model(client: httpx.Client) -> None:
     assert info["framework"] == "paddleseg" and info["runtime"] == "dygraph"
     assert info["weights"] == "pretrained" and info["checkpoint"].endswith("ppliteseg.pdparams")
     assert len(info["labels"]) == 19 and info["labels"][0] == "road"
-    assert info["device"] == {"kind": "cpu", "cpu_threads": 1, "fallback_reason": None}
+    assert info["device"] == {
+        "kind": "cpu",
+        "cpu_threads": 1,
+        "fallback_reason": None,
+        "cpu_affinity": None,  # not pinned: the config gives no cpu_affinity
+        "cpu_note": None,
+    }
 
 
 def test_paddle_and_torch_replicas_serve_at_once_without_oversubscription(
