@@ -16,7 +16,7 @@ from transformers import SegformerForSemanticSegmentation
 
 from deployments.adapters.bilinear_argmax import candidate_classes, upsample_argmax
 from deployments.adapters.device import plan_device
-from deployments.adapters.hf_segformer import HFSegformerAdapter
+from deployments.adapters.hf_segformer import HFSegformerAdapter, compiled
 from deployments.config import LimitsConfig, ModelConfig
 from deployments.pipeline.errors import ModelLoadError
 from deployments.pipeline.imaging import decode_image, fit_within, resize_labels
@@ -198,3 +198,15 @@ def test_load_runs_no_image_and_warm_up_runs_one(tiny_segformer_dir: Path) -> No
         assert calls == ["forward"]
     finally:
         hook.remove()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch._inductor's imports
+def test_compile_keeps_its_graphs_in_the_configured_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted replica finds what the last one compiled (nothing compiles until called)."""
+    import os
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unset-by-the-test")  # restored after
+    compiled(torch.nn.Identity(), str(tmp_path / "inductor"))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
