@@ -164,6 +164,18 @@ def jpeg_fill_bytes(count: int = 2 * 1024 * 1024) -> bytes:
     return data[:2] + b"\xff" * count + data[2:]
 
 
+def jpeg_fill_without_marker(count: int = 2 * 1024 * 1024) -> bytes:
+    """SOI, then megabytes of 0xFF and no marker after them (a run with no code byte to
+    end it: what makes a backtracking marker search quadratic)."""
+    return b"\xff\xd8" + b"\xff" * count
+
+
+def jpeg_ff_run_in_scan(count: int = 2 * 1024 * 1024) -> bytes:
+    """A JPEG cut inside its scan data, followed by megabytes of 0xFF."""
+    data = jpeg(64, 64)
+    return data[: data.index(b"\xff\xda") + 40] + b"\xff" * count
+
+
 def jpeg_empty_app_segments(count: int = 200_000) -> bytes:
     """Hundreds of thousands of empty APP5 segments after SOI."""
     data = jpeg(64, 64)
@@ -317,6 +329,8 @@ def _orientation_cases() -> list[HostileCase]:
 CASES: list[HostileCase] = [
     HostileCase("progressive_scan_bomb", progressive_scan_bomb, 400, "jpeg_too_many_scans"),
     HostileCase("jpeg_fill_bytes", jpeg_fill_bytes, 400, "jpeg_fill_bytes"),
+    HostileCase("jpeg_fill_without_marker", jpeg_fill_without_marker, 400, "jpeg_fill_bytes"),
+    HostileCase("jpeg_ff_run_in_scan", jpeg_ff_run_in_scan, 400, "corrupt_image"),
     HostileCase("jpeg_empty_app_segments", jpeg_empty_app_segments, 400, "jpeg_too_many_markers"),
     HostileCase(
         "png_many_empty_chunks", png_many_empty_chunks, 400, "png_too_many_chunks_before_idat"

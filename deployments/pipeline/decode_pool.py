@@ -49,7 +49,7 @@ from deployments.pipeline.imaging import (
     decode_image,
     probe_image,
 )
-from deployments.pipeline.probe import refuse_at_once
+from deployments.pipeline.probe import refuse_at_once, refuse_prefix
 
 #: How long a killed worker may take to exit before we stop waiting for it.
 _JOIN_S = 5.0
@@ -152,7 +152,8 @@ class DecodePool:
         header parsers hold the GIL, and on the gateway's process that would stall its
         event loop (and /healthz) for as long as a hostile header takes to walk.
         """
-        refuse_at_once(data, limits)  # junk never crosses into a worker
+        refuse_at_once(data, limits)  # junk never crosses into a worker,
+        refuse_prefix(data, limits)  # nor do fill-byte, chunk and scan bombs
         header: ImageHeader = await self._submit("probe", data, None, limits, None, None)
         return header
 

@@ -28,10 +28,12 @@ if TYPE_CHECKING:
     from deployments.pipeline.imaging import ImageLimits
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Any marker in a JPEG header; fill bytes (0xFF runs) may precede a marker code.
-_JPEG_MARKER = re.compile(rb"\xff+([^\x00\xff])")
+# A marker's code byte in a JPEG header: after 0xFF (fill bytes, more 0xFF, may precede
+# it). Matched as "a code byte after 0xFF", not "a run of 0xFF, then a code byte": that
+# form backtracks through every run with no code after it (quadratic in the run).
+_JPEG_MARKER = re.compile(rb"(?<=\xff)[^\x00\xff]")
 # Inside entropy-coded data 0xFF00 is a stuffed byte and 0xFFD0-D7 are restart markers.
-_JPEG_SCAN_MARKER = re.compile(rb"\xff+([^\x00\xd0-\xd7\xff])")
+_JPEG_SCAN_MARKER = re.compile(rb"(?<=\xff)[^\x00\xd0-\xd7\xff]")
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 _JPEG_PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 _JPEG_SOS, _JPEG_EOI, _JPEG_SOI = 0xDA, 0xD9, 0xD8
@@ -103,18 +105,20 @@ def _check_jpeg(data: bytes, limits: ImageLimits) -> StructureFacts:
     pattern = _JPEG_MARKER
     while True:
         match = pattern.search(data, pos)
-        if match is None:
-            break  # truncated: the decoder says so
         if scans == 0:
             # Bytes between segments are junk or fill; Pillow reads them one at a time.
-            fill += match.end() - 1 - pos - 1
+            # With no marker left, all the rest is (so a prefix of the body that breaks
+            # the rule is a body that does).
+            fill += max(0, (match.end() - 1 if match else len(data)) - pos - 1)
             if fill > limits.jpeg_max_fill_bytes:
                 raise _reject(
                     "jpeg_fill_bytes",
                     f"JPEG has more than {limits.jpeg_max_fill_bytes} fill or junk bytes "
                     "between its header segments",
                 )
-        code = match.group(1)[0]
+        if match is None:
+            break  # truncated: the decoder says so
+        code = match.group(0)[0]
         pos = match.end()
         markers += 1
         if markers > limits.jpeg_max_markers:

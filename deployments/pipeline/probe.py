@@ -23,7 +23,7 @@ from deployments.pipeline.errors import (
     SegServeError,
     UnsupportedImage,
 )
-from deployments.pipeline.prechecks import StructureFacts, check_structure
+from deployments.pipeline.prechecks import StructureFacts, check_structure, sniff
 
 #: Formats accepted by default (Pillow's names). MPO is a JPEG with extra frames
 #: (many phone cameras write it); only its first frame is used, as for GIF and TIFF.
@@ -252,6 +252,35 @@ def refuse_at_once(data: bytes, limits: ImageLimits) -> None:
             return
     accepted = ", ".join(sorted(limits.formats))
     raise UnsupportedImage(f"the body is not an image in an accepted format ({accepted})")
+
+
+#: How much of a body :func:`refuse_prefix` walks: enough for every fill-byte, chunk and
+#: scan bomb the pre-checks know, little enough to walk on the gateway's event loop.
+PREFIX_CHECK_BYTES = 64 * 1024
+
+
+def refuse_prefix(prefix: bytes, limits: ImageLimits) -> None:
+    """The refusals a body's first :data:`PREFIX_CHECK_BYTES` already decide: no accepted
+    format's opener takes the first 16 bytes, or a JPEG/PNG structural rule is broken
+    within the prefix (fill bytes, markers, scans, chunks before the image data).
+
+    Every rule counts upwards as the bytes go on, so a prefix that breaks one is a body
+    that breaks it: the gateway runs this as the first bytes arrive and answers without
+    reading (or copying to a worker) the rest. Bounded time: the walk sees at most the
+    prefix, in C regular expressions and a loop of a few thousand steps at worst.
+    """
+    head = prefix[:16]
+    if len(head) < 16:
+        return  # judged once the whole (short) body is here
+    Image.init()
+    if not any(
+        (opener := Image.OPEN.get(name)) is not None and (opener[1] is None or opener[1](head))
+        for name in limits.formats
+    ):
+        accepted = ", ".join(sorted(limits.formats))
+        raise UnsupportedImage(f"the body is not an image in an accepted format ({accepted})")
+    if sniff(prefix) in ("JPEG", "PNG"):
+        check_structure(prefix[:PREFIX_CHECK_BYTES], limits)
 
 
 def open_image(data: bytes, limits: ImageLimits, formats: list[str]) -> Image.Image:

@@ -36,6 +36,7 @@ from deployments.pipeline.errors import (
     echo,
 )
 from deployments.pipeline.options import SegmentOptions, parse_options
+from deployments.pipeline.probe import PREFIX_CHECK_BYTES, ImageLimits, refuse_prefix
 from deployments.pipeline.process import peak_rss_mb
 from deployments.pipeline.service import SegmentationService
 from deployments.protocols.common import ApiKeys, as_client_error
@@ -122,20 +123,36 @@ async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
         yield chunk
 
 
-async def _read_body(request: Request, limit: int, multipart: bool) -> bytes:
+async def _read_body(
+    request: Request, limit: int, multipart: bool, limits: ImageLimits | None
+) -> bytes:
     if multipart:
         return await _image_from_multipart(request, _limited(request, limit))
     body = bytearray()
+    # Judged at the first 16 bytes, then at 64 KB: once they decide, the rest is never
+    # read nor copied (Uvicorn drops what the client still sends once the answer is out).
+    checks = [16, PREFIX_CHECK_BYTES] if limits is not None else []
     async for chunk in _limited(request, limit):
         body.extend(chunk)
+        if checks and len(body) >= checks[0]:
+            assert limits is not None
+            refuse_prefix(bytes(body[:PREFIX_CHECK_BYTES]), limits)
+            checks = [c for c in checks if c > len(body)]
     return bytes(body)
 
 
-async def read_image(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+async def read_image(
+    request: Request,
+    limit: int,
+    timeout_s: float | None = None,
+    limits: ImageLimits | None = None,
+) -> bytes:
     """The image bytes of a raw or multipart body, never reading past ``limit`` bytes.
 
     The headers are judged before any byte of the body is read (Content-Type, then
-    Content-Length); the whole read must end within ``timeout_s`` (408 otherwise).
+    Content-Length); the whole read must end within ``timeout_s`` (408 otherwise). With
+    ``limits``, a raw body is also judged by its first bytes as they arrive
+    (:func:`refuse_prefix`): junk and header bombs are answered without reading the rest.
     """
     content_type = request.headers.get("content-type", "").lower()
     multipart = content_type.startswith("multipart/form-data")
@@ -151,7 +168,7 @@ async def read_image(request: Request, limit: int, timeout_s: float | None = Non
         if int(declared) > limit:
             raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
     try:
-        return await asyncio.wait_for(_read_body(request, limit, multipart), timeout_s)
+        return await asyncio.wait_for(_read_body(request, limit, multipart, limits), timeout_s)
     except ClientDisconnect as e:  # nobody reads the answer; not a server error to log
         raise MalformedRequest(
             "the client disconnected before the whole body arrived", code="client_disconnected"
@@ -239,7 +256,9 @@ def register(app: FastAPI, service: SegmentationService) -> None:
             options = replace(options, outputs=options.outputs | {"mask"})
         limits = service.config.limits
         with service.admit(options.model, options) as ticket:  # a full model: 503, body unread
-            data = await read_image(request, limits.max_request_bytes, limits.body_timeout_s)
+            data = await read_image(
+                request, limits.max_request_bytes, limits.body_timeout_s, service.limits
+            )
             result = await service.segment(data, options, ticket)
         if wants_png:
             if wants_overlay:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -17,6 +18,7 @@ from deployments.config import StatusConfig
 from deployments.contract import ModelCard, Prediction, PredictRequest
 from deployments.model_core import LocalEndpoint, ModelCore
 from deployments.protocols import http
+from tests.hostile_images import jpeg_fill_bytes, png_many_empty_chunks
 from tests.images import encode, jpeg, scene
 from tests.transport import hardening_fixtures as hf
 
@@ -79,6 +81,43 @@ def test_the_content_type_is_judged_before_the_body(socket_url: str) -> None:
 def test_the_content_length_is_judged_before_the_body(socket_url: str) -> None:
     status, body = _exchange(socket_url, _head("image/png", hf.HOSTILE_REQUEST_BYTES + 1))
     assert status == 413 and body["error"]["code"] == "payload_too_large"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code"),
+    [
+        (b"\x00junk, not an image." * 200, "image/jpeg", 415, "unsupported_image"),
+        (jpeg_fill_bytes()[: 80 * 1024], "image/jpeg", 400, "jpeg_fill_bytes"),
+        (png_many_empty_chunks()[:8192], "image/png", 400, "png_too_many_chunks_before_idat"),
+    ],
+    ids=["junk", "jpeg_fill_bytes", "png_many_empty_chunks"],
+)
+def test_a_body_is_refused_by_its_first_bytes_without_the_rest(
+    socket_url: str, body: bytes, content_type: str, status: int, code: str
+) -> None:
+    # 8 MB announced, the first few KB sent: the answer is the refusal, not the 408 that
+    # waiting for the rest would end in.
+    answer = _exchange(socket_url, _head(content_type, hf.HOSTILE_REQUEST_BYTES), body)
+    assert answer[0] == status and answer[1]["error"]["code"] == code
+
+
+def test_a_good_image_arriving_in_small_pieces_is_served(socket_url: str) -> None:
+    data = jpeg(40, 30)
+    host, port = socket_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=GUARD_S) as sock:
+        sock.sendall(_head("image/jpeg", len(data)))
+        for piece in (data[:5], data[5:11], data[11:20]):  # the magic split across sends
+            sock.sendall(piece)
+            time.sleep(0.05)
+        sock.sendall(data[20:])
+        received = b""
+        while not _complete(received):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200")
+    assert json.loads(received.partition(b"\r\n\r\n")[2])["width"] == 40
 
 
 def test_a_good_request_after_the_abuse(socket_url: str) -> None:

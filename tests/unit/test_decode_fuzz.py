@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +14,13 @@ from PIL import Image
 from deployments.config import LimitsConfig
 from deployments.pipeline.errors import ErrorKind, SegServeError
 from deployments.pipeline.imaging import InputSpec, decode_image, probe_image
-from tests.hostile_images import png_chunk
+from deployments.pipeline.probe import PREFIX_CHECK_BYTES, ImageLimits, refuse_prefix
+from tests.hostile_images import (
+    jpeg_fill_bytes,
+    png_chunk,
+    png_many_empty_chunks,
+    progressive_scan_bomb,
+)
 from tests.images import encode, scene
 
 SPEC = InputSpec(size=(32, 32))
@@ -75,3 +83,57 @@ def test_mutated_files_succeed_or_get_a_documented_client_error(data: bytes) -> 
         assert decoded.pixels.shape == (32, 32, 3)
         return
     assert kind in CLIENT_KINDS
+
+
+def _code(check: Callable[[], object]) -> str | None:
+    try:
+        check()
+    except SegServeError as e:
+        return e.code
+    return None
+
+
+# Tight structural bounds, so that mutated small files do break rules within a prefix.
+STRICT = replace(
+    LIMITS,
+    jpeg_max_fill_bytes=8,
+    jpeg_max_markers=12,
+    jpeg_max_scans=3,
+    png_max_chunks_before_idat=4,
+    jpeg_max_header_bytes=1024,
+)
+
+
+@pytest.mark.timeout(120)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated(), st.integers(0, 4096), st.sampled_from([LIMITS, STRICT]))
+def test_a_refused_prefix_is_a_body_the_whole_check_refuses_alike(
+    data: bytes, cut: int, limits: ImageLimits
+) -> None:
+    # The gateway judges an HTTP body by its first bytes as they arrive and answers
+    # without the rest: that answer must be the one the whole body would get.
+    early = _code(lambda: refuse_prefix(data[:cut], limits))
+    if early is not None:
+        assert early == _code(lambda: probe_image(data, limits))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        jpeg_fill_bytes(),
+        png_many_empty_chunks(),
+        progressive_scan_bomb(),
+        b"\x00junk, not an image" * 1000,
+    ],
+    ids=["jpeg_fill_bytes", "png_many_empty_chunks", "progressive_scan_bomb", "junk"],
+)
+def test_header_bombs_are_refused_from_their_first_64_kb(data: bytes) -> None:
+    expected = _code(lambda: probe_image(data, LIMITS))
+    assert expected is not None
+    assert _code(lambda: refuse_prefix(data[:PREFIX_CHECK_BYTES], LIMITS)) == expected
+
+
+@pytest.mark.parametrize("seed", SEEDS, ids=lambda d: d[:4].hex())
+def test_good_files_pass_every_prefix(seed: bytes) -> None:
+    for cut in range(len(seed) + 1):
+        refuse_prefix(seed[:cut], LIMITS)
