@@ -28,12 +28,12 @@ if TYPE_CHECKING:
     from deployments.pipeline.imaging import ImageLimits
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# A marker's code byte in a JPEG header: after 0xFF (fill bytes, more 0xFF, may precede
-# it). Matched as "a code byte after 0xFF", not "a run of 0xFF, then a code byte": that
-# form backtracks through every run with no code after it (quadratic in the run).
-_JPEG_MARKER = re.compile(rb"(?<=\xff)[^\x00\xff]")
+# A marker in a JPEG header: its code byte after 0xFF (fill bytes, more 0xFF, may come
+# before). Matched as the last 0xFF and the code, not as "a run of 0xFF, then a code":
+# that form backtracks through every run with no code after it (quadratic in the run).
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xff]")
 # Inside entropy-coded data 0xFF00 is a stuffed byte and 0xFFD0-D7 are restart markers.
-_JPEG_SCAN_MARKER = re.compile(rb"(?<=\xff)[^\x00\xd0-\xd7\xff]")
+_JPEG_SCAN_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 _JPEG_PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 _JPEG_SOS, _JPEG_EOI, _JPEG_SOI = 0xDA, 0xD9, 0xD8
@@ -118,7 +118,7 @@ def _check_jpeg(data: bytes, limits: ImageLimits) -> StructureFacts:
                 )
         if match is None:
             break  # truncated: the decoder says so
-        code = match.group(0)[0]
+        code = match.group(0)[1]
         pos = match.end()
         markers += 1
         if markers > limits.jpeg_max_markers:
