@@ -104,18 +104,22 @@ def _check_jpeg(data: bytes, limits: ImageLimits) -> StructureFacts:
     pos, markers, fill, scans, progressive = 2, 0, 0, 0, False
     pattern = _JPEG_MARKER
     while True:
-        match = pattern.search(data, pos)
         if scans == 0:
             # Bytes between segments are junk or fill; Pillow reads them one at a time.
-            # With no marker left, all the rest is (so a prefix of the body that breaks
-            # the rule is a body that does).
-            fill += max(0, (match.end() - 1 if match else len(data)) - pos - 1)
-            if fill > limits.jpeg_max_fill_bytes:
+            # The next marker is looked for only as far as the fill allowance reaches
+            # (a longer run breaks the rule wherever it ends). With no marker left, all the
+            # rest is fill (so a prefix of the body that breaks the rule is a body that does).
+            end = min(len(data), pos + 2 + limits.jpeg_max_fill_bytes - fill)
+            match = pattern.search(data, pos, end)
+            fill += max(0, (match.end() - 1 if match else end) - pos - 1)
+            if fill > limits.jpeg_max_fill_bytes or (match is None and end < len(data)):
                 raise _reject(
                     "jpeg_fill_bytes",
                     f"JPEG has more than {limits.jpeg_max_fill_bytes} fill or junk bytes "
                     "between its header segments",
                 )
+        else:
+            match = pattern.search(data, pos)
         if match is None:
             break  # truncated: the decoder says so
         code = match.group(0)[1]

@@ -66,6 +66,19 @@ def test_a_normal_progressive_jpeg_passes_the_scan_rules() -> None:
     assert decode_image(data, SPEC, LIMITS, header).pixels.shape == (64, 64, 3)
 
 
+@pytest.mark.parametrize("fill", [0, 1, 4095, 4096, 4097, 70_000])
+def test_fill_bytes_are_counted_exactly_up_to_the_limit(fill: int) -> None:
+    limits = replace(LIMITS, jpeg_max_fill_bytes=4096)
+    data = jpeg(64, 48)
+    padded = data[:2] + b"\xff" * fill + data[2:]  # the run ends in APP0's own 0xFF
+    if fill <= 4096:
+        assert probe_image(padded, limits).display_size == (64, 48)
+    else:
+        with pytest.raises(SegServeError) as caught:
+            probe_image(padded, limits)
+        assert caught.value.code == "jpeg_fill_bytes"
+
+
 def test_header_is_reused_and_reports_what_routing_needs() -> None:
     header = probe_image(jpeg(640, 480), LIMITS)
     assert (header.format, header.width, header.height, header.mode) == ("JPEG", 640, 480, "RGB")
