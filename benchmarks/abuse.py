@@ -1,8 +1,8 @@
 """Good requests while hostile clients attack: latency against idle, /healthz, peak RSS.
 
 The gateway's HTTP app (service, decode pool, limits) runs under uvicorn in a child
-process over a tiny SegFormer replica in a process of its own, reached over a pipe as a
-Ray replica is reached (no Ray: its proxy and scheduling are not what this measures).
+process over a tiny SegFormer replica in a process of its own, reached as a Ray replica
+is reached (no Ray: its proxy and scheduling are not what this measures).
 First a good client alone sends ``--requests`` 640x480 JPEGs one after another and a
 prober GETs /healthz every 20 ms: the idle figures. Then, for
 ``--attack-s`` seconds, ``--attackers`` clients send hostile files in a loop
@@ -24,23 +24,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import itertools
 import json
 import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from benchmarks.common import free_port
+from benchmarks.common import ModelProcess, free_port
 from deployments.config import ModelConfig
 from tests.hostile_images import (
     jpeg_fill_bytes,
@@ -56,104 +53,6 @@ HEALTHZ_EVERY_S = 0.02
 
 
 # ------------------------------------------------------------------ the gateway process
-
-
-def _replica_main(conn: Connection, model: ModelConfig) -> None:
-    """A model replica's process: the core behind a :class:`LocalEndpoint` (batched as the
-    served replica batches), answering ``(id, request)`` messages with ``(id, result)``."""
-    from deployments.adapters.device import plan_device
-    from deployments.model_core import LocalEndpoint, ModelCore
-
-    endpoint = LocalEndpoint(ModelCore(model, plan_device(0, 1, 1)))
-
-    async def run() -> None:
-        loop = asyncio.get_running_loop()
-        conn.send(await endpoint.card())
-        lock = threading.Lock()
-
-        def send(message: tuple[int, str, Any]) -> None:
-            with lock:
-                conn.send(message)
-
-        async def answer(key: int, request: Any) -> None:
-            message: tuple[int, str, Any]
-            try:
-                message = (key, "ok", await endpoint.predict(request))
-            except Exception as e:  # the gateway raises it again, as Ray would
-                message = (key, "error", e)
-            await asyncio.to_thread(send, message)
-
-        tasks = set()
-        while True:
-            try:
-                received = await loop.run_in_executor(None, conn.recv)
-            except EOFError:  # the gateway is gone
-                return
-            kind, key, request = received
-            if kind == "predict":
-                task = asyncio.create_task(answer(key, request))
-            else:
-                task = asyncio.create_task(_reply(send, key, endpoint))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-    asyncio.run(run())
-
-
-async def _reply(send: Any, key: int, endpoint: Any) -> None:
-    await asyncio.to_thread(send, (key, "ok", await endpoint.describe()))
-
-
-class ProcessEndpoint:
-    """A model endpoint in a process of its own, over a pipe: what a Ray replica is to the
-    gateway (its own interpreter, so the gateway's event loop never waits on the model's
-    GIL), without Ray."""
-
-    def __init__(self, model: ModelConfig) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(target=_replica_main, args=(child, model), daemon=True)
-        self._process.start()
-        self._card = self._conn.recv()
-        self._keys = itertools.count()
-        self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
-        self._send_lock = threading.Lock()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                key, status, value = self._conn.recv()
-            except (EOFError, OSError):  # the replica is gone (the benchmark is ending)
-                return
-            loop, future = self._waiting.pop(key)
-            if status == "ok":
-                loop.call_soon_threadsafe(future.set_result, value)
-            else:
-                loop.call_soon_threadsafe(future.set_exception, value)
-
-    def _send(self, message: tuple[str, int, Any]) -> None:
-        with self._send_lock:
-            self._conn.send(message)
-
-    async def _call(self, kind: str, request: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        key, future = next(self._keys), loop.create_future()
-        self._waiting[key] = (loop, future)
-        await asyncio.to_thread(self._send, (kind, key, request))
-        return await future
-
-    async def card(self) -> Any:
-        return self._card
-
-    async def predict(self, request: Any) -> Any:
-        return await self._call("predict", request)
-
-    async def describe(self) -> Any:
-        return await self._call("describe", None)
-
-    async def ready(self) -> bool:
-        return self._process.is_alive()
 
 
 def serve(port: int, workers: int, body_timeout_s: float, cpus: set[int] | None) -> None:
@@ -175,7 +74,7 @@ def serve(port: int, workers: int, body_timeout_s: float, cpus: set[int] | None)
         max_request_bytes=MAX_REQUEST_BYTES, decode_workers=workers, body_timeout_s=body_timeout_s
     )
     service = SegmentationService(
-        {"tiny": ProcessEndpoint(model)}, [model], GatewayConfig(limits=limits)
+        {"tiny": ModelProcess(model)}, [model], GatewayConfig(limits=limits)
     )
     uvicorn.run(
         http.build_app(service),

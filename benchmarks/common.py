@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -139,3 +140,68 @@ def json_stdout() -> Iterator[Any]:
 
 def median(values: list[float]) -> float:
     return round(statistics.median(values), 2) if values else float("nan")
+
+
+# ------------------------------------------------------------------ a replica without Ray
+
+_core: Any = None
+
+
+def _load(model: Any, parent: int) -> None:
+    """In the model's process: build its core (as a Ray replica does at start), and exit
+    when the gateway process is gone, however it ended."""
+    global _core
+    import threading
+
+    from deployments.adapters.device import plan_device
+    from deployments.model_core import ModelCore
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+    _core = ModelCore(model, plan_device(0, 1, 1))
+
+
+def _card() -> Any:
+    return _core.card()
+
+
+def _predict(request: Any) -> Any:
+    request.receive(_core.clock)
+    (result,) = _core.run_batch([request])
+    return result
+
+
+class ModelProcess:
+    """The model in a process of its own, as a Ray replica is: its Python (and the GIL)
+    never stalls the gateway's event loop. One request at a time, in arrival order."""
+
+    def __init__(self, model: Any) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")
+        self.pool = ProcessPoolExecutor(
+            1, context, initializer=_load, initargs=(model, os.getpid())
+        )
+        self._card = self.pool.submit(_card).result()
+
+    async def card(self) -> Any:
+        return self._card
+
+    async def predict(self, request: Any) -> Any:
+        from deployments.pipeline.errors import SegServeError
+
+        result = await asyncio.get_running_loop().run_in_executor(self.pool, _predict, request)
+        if isinstance(result, SegServeError):
+            raise result
+        return result
+
+    async def describe(self) -> dict[str, Any]:
+        return {"name": self._card.name}
+
+    async def ready(self) -> bool:
+        return True
