@@ -67,10 +67,11 @@ def upsample_argmax(
     """Class ids at (height, width) from (classes, H, W) scores, as the module says."""
     logits = logits.float().contiguous()
     classes, in_h, in_w = logits.shape
-    if classes <= 3 or height + width <= SEPARABLE_OUTPUT:
+    if classes <= 3 or height + width <= SEPARABLE_OUTPUT or in_h * in_w == 1:
         # PyTorch's CPU kernel takes a separable path for these, where a channel's rounding
         # depends on the channels beside it: upsample them all together, as the reference
-        # does (small: three channels, or outputs of at most 64 x 64).
+        # does (small: three channels, outputs of at most 64 x 64, or a 1x1 input, which
+        # the kernel also rounds by how many channels it has and no served model makes).
         upsampled = F.interpolate(
             logits[None], size=(height, width), mode="bilinear", align_corners=align_corners
         )

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from deployments.adapters import bilinear_argmax, bilinear_replay
@@ -91,6 +91,8 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     align_corners=st.booleans(),
     seed=st.integers(0, 2**16),
 )
+# Found by a fresh-clone run: a 1x1 input, which PyTorch's kernel rounds its own way.
+@example(kind="ulp", classes=4, in_h=1, in_w=1, out_h=2, out_w=127, align_corners=False, seed=0)
 def test_equals_the_full_upsample_argmax(
     path: str,
     kind: str,
