@@ -244,11 +244,15 @@ def refuse_at_once(data: bytes, limits: ImageLimits) -> None:
         raise PayloadTooLarge(
             f"request body is {len(data)} bytes; the limit is {limits.max_bytes} bytes"
         )
+    _refuse_unknown_magic(data[:16], limits)
+
+
+def _refuse_unknown_magic(head: bytes, limits: ImageLimits) -> None:
+    """415 unless an accepted format's Pillow opener takes the first 16 bytes."""
     Image.init()
-    prefix = data[:16]
     for name in limits.formats:
         opener = Image.OPEN.get(name)
-        if opener is not None and (opener[1] is None or opener[1](prefix)):
+        if opener is not None and (opener[1] is None or opener[1](head)):
             return
     accepted = ", ".join(sorted(limits.formats))
     raise UnsupportedImage(f"the body is not an image in an accepted format ({accepted})")
@@ -272,13 +276,7 @@ def refuse_prefix(prefix: bytes, limits: ImageLimits) -> None:
     head = prefix[:16]
     if len(head) < 16:
         return  # judged once the whole (short) body is here
-    Image.init()
-    if not any(
-        (opener := Image.OPEN.get(name)) is not None and (opener[1] is None or opener[1](head))
-        for name in limits.formats
-    ):
-        accepted = ", ".join(sorted(limits.formats))
-        raise UnsupportedImage(f"the body is not an image in an accepted format ({accepted})")
+    _refuse_unknown_magic(head, limits)
     if sniff(prefix) in ("JPEG", "PNG"):
         check_structure(prefix[:PREFIX_CHECK_BYTES], limits)
 
