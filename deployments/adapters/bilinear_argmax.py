@@ -11,8 +11,10 @@ monotone in each of the four. So a class whose cell maximum is below another's
 cell minimum, by more than rounding can close, never wins a pixel of that cell;
 a cell with one class left is decided, and its pixels get that class from an
 integer gather, with no interpolation. Only the pixels of undecided cells (class
-boundaries) need scores, and only for the classes still in the running there:
-they are replayed (``bilinear_replay``) with PyTorch's own indices and rounding.
+boundaries, or most of the image for random weights' near-flat scores) need scores,
+and only for the classes still in the running in each cell: a cell's pixels are a
+block of output rows by columns, scored from the cell's four corners with PyTorch's
+own indices and rounding (``bilinear_replay``).
 Where that arithmetic is not known, or replaying would cost more, the scores of
 the classes in doubt come from ``F.interpolate``, ``CLASS_CHUNK`` at a time.
 """
@@ -29,9 +31,7 @@ from deployments.adapters.bilinear_replay import (
     SEPARABLE_OUTPUT,
     Arithmetic,
     SourceIndices,
-    blend_columns,
     replay,
-    replay_rows,
     replayed_arithmetic,
     source_indices,
 )
@@ -46,8 +46,8 @@ STRONG = 8
 #: Cells are examined when the output has at least this many pixels per cell; for less
 #: (mmseg's input-size scores), upsampling the classes in the running costs no more.
 CELL_RATIO = 4
-#: (pixel, class) scores replayed at once: bounds the replay's memory (~100 MB).
-PIXEL_CHUNK = 1 << 20
+#: (pixel, class) scores computed at once: bounds the scoring's memory (~50 MB).
+PIXEL_CHUNK = 1 << 21
 #: Replaying one score costs about as much as upsampling this many with ``F.interpolate``
 #: (and taking their arg-max); past that break-even the classes in doubt are upsampled.
 REPLAY_COST = 4
@@ -96,13 +96,11 @@ def upsample_argmax(
     rows = source_indices(in_h, height, align_corners, arithmetic, logits.device)
     cols = source_indices(in_w, width, align_corners, arithmetic, logits.device)
     labels = cells.decided.index_select(0, rows.index0).index_select(1, cols.index0)
-    undecided = (labels < 0).view(-1).nonzero().flatten()
-    if len(undecided):
-        found = _undecided(logits, cells, (rows, cols), undecided, arithmetic, magnitude)
-        if found is None:  # as many scores to replay as to upsample: upsample instead
-            upsampled = interpolate_argmax(logits, cells.in_doubt(), height, width, align_corners)
-            found = upsampled.view(-1).take(undecided)
-        labels.view(-1)[undecided] = found.to(labels.dtype)
+    if not _refine(logits, cells, (rows, cols), labels, arithmetic, magnitude):
+        # As many scores to replay as to upsample: upsample the classes in doubt instead.
+        undecided = (labels < 0).view(-1).nonzero().flatten()
+        upsampled = interpolate_argmax(logits, cells.in_doubt(), height, width, align_corners)
+        labels.view(-1)[undecided] = upsampled.view(-1).take(undecided).to(labels.dtype)
     return labels.to(label_dtype)
 
 
@@ -112,74 +110,98 @@ def candidate_classes(logits: torch.Tensor) -> torch.Tensor:
     return CellAnalysis(logits, *contenders(logits)).in_doubt()
 
 
-def _undecided(
+def _blocks(index: SourceIndices, in_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per source row (or column): the output rows whose first source it is, padded to the
+    longest run, (in_size, span), and which of them are real. ``index0`` is monotone, so
+    each run is contiguous."""
+    counts = torch.bincount(index.index0, minlength=in_size)
+    span = max(1, int(counts.max()))
+    offsets = torch.arange(span, device=counts.device)
+    real = offsets < counts[:, None]
+    table = ((counts.cumsum(0) - counts)[:, None] + offsets).clamp(max=len(index.index0) - 1)
+    return table, real
+
+
+def _refine(
     logits: torch.Tensor,
     cells: CellAnalysis,
     indices: tuple[SourceIndices, SourceIndices],
-    undecided: torch.Tensor,
+    labels: torch.Tensor,
     arithmetic: Arithmetic,
     magnitude: float,
-) -> torch.Tensor | None:
-    """The winners at the ``undecided`` pixels (flat indices), or None where replaying
-    their cells' candidates would cost more than upsampling the classes in doubt.
+) -> bool:
+    """Write the winners of the undecided cells' pixels into ``labels`` (height, width);
+    False (nothing written) where scoring their candidates would cost more than upsampling
+    the classes in doubt.
 
-    Scores are first replayed with each product and sum rounded (cheap, and the
-    column blends shared); a pixel whose two best are further apart than that and
-    the kernel's fused rounding can differ is settled, the rest (ties, near ties)
-    are replayed in the kernel's own rounding. Pixels of two-candidate cells (most
-    of a boundary) are scored apart from the others, so that few slots are empty.
+    A cell's pixels form a block (the output rows of its source row by the output columns
+    of its source column), so each candidate's four corner values are gathered once and
+    blended across the block: first across the columns, then the rows, each product and sum
+    rounded (cheap). A pixel whose two best are further apart than that and the kernel's
+    fused rounding can differ is settled; the rest (ties, near ties) are replayed in the
+    kernel's own rounding. Cells are scored in groups of similar candidate counts (padded
+    to a power of two), so that few slots are empty.
     """
     rows, cols = indices
     _, in_h, in_w = logits.shape
-    height, width = len(rows.index0), len(cols.index0)
-    pixel_rows, pixel_cols = undecided // width, undecided % width
-    cell = rows.index0.take(pixel_rows) * in_w + cols.index0.take(pixel_cols)
-    count = cells.count.view(-1).take(cell)
-    pairs = (count == 2).nonzero().flatten()
-    others = (count > 2).nonzero().flatten()
-    width_k = int(count.max())
-    replayed = 2 * len(pairs) + width_k * len(others)
-    if replayed * REPLAY_COST > len(cells.in_doubt()) * height * width:
-        return None
-    used_rows = torch.zeros(in_h, dtype=torch.bool, device=logits.device)
-    used_cols = torch.zeros(in_w, dtype=torch.bool, device=logits.device)
-    referenced = used_rows.index_fill_(0, rows.index0, True)[:, None] & used_cols.index_fill_(
-        0, cols.index0, True
-    )
-    in_doubt, table, position = cells.slots(referenced)
-    column = position.take(cell)
-    blended = None
-    if len(in_doubt) * in_h * width <= 4 * replayed:  # shared column blends are cheaper
-        blended = blend_columns(logits.index_select(0, in_doubt), cols)
-    padded = torch.cat([in_doubt, in_doubt[:1]])  # slot len(in_doubt) is empty
-    # |unfused - fused| <= 8.1 units in the last place of the largest |score|, per score.
-    apart = 2.0**-19 * magnitude + TINY
-    found = torch.empty(len(undecided), dtype=torch.int64, device=logits.device)
-    for group, slots_k in ((pairs, 2), (others, width_k)):
-        step = max(1, PIXEL_CHUNK // slots_k)
-        for start in range(0, len(group), step):
-            part = group[start : start + step]
-            slots = table[:slots_k].index_select(1, column.take(part))
-            empty = slots == len(in_doubt)
-            ids = padded.take(slots)
-            pixels = (pixel_rows.take(part), pixel_cols.take(part))
-            if blended is not None:
-                planes = slots.clamp(max=len(in_doubt) - 1)
-                scores = replay_rows(blended, rows, *pixels, planes)
-            else:
-                scores = replay(logits, rows, cols, *pixels, ids, fused=False)
-            scores.masked_fill_(empty, -torch.inf)
+    height, width = labels.shape
+    row_table, row_real = _blocks(rows, in_h)
+    col_table, col_real = _blocks(cols, in_w)
+    referenced = row_real[:, :1] & col_real[:, 0]
+    undecided = (referenced & (cells.count > 1)).view(-1).nonzero().flatten()
+    if not len(undecided):
+        return True
+    block = row_table.shape[1] * col_table.shape[1]
+    counts = cells.count.view(-1).take(undecided)
+    powers = (2 ** counts.float().log2().ceil()).long()  # 2, 4, 8, ...
+    padded_counts = torch.minimum(torch.maximum(powers, counts), counts.max())
+    in_doubt = int(cells.candidate.flatten(1).any(dim=1).sum())
+    if int(padded_counts.sum()) * block * REPLAY_COST > in_doubt * height * width:
+        return False
+    table = cells.slots(undecided)
+    order = padded_counts.argsort()
+    groups = torch.unique_consecutive(padded_counts.take(order), return_counts=True)
+    flat, planes = logits.view(-1), in_h * in_w
+    apart = 2.0**-19 * magnitude + TINY  # |unfused - fused| <= 8.1 ulp of the largest |score|
+    done = 0
+    for slots_k, members in zip(groups[0].tolist(), groups[1].tolist(), strict=True):
+        step = max(1, PIXEL_CHUNK // (slots_k * block))
+        for start in range(done, done + members, step):
+            part = order[start : min(start + step, done + members)]
+            cell = undecided.take(part)
+            ids = table[:slots_k].index_select(1, part)  # (k, n)
+            empty = ids < 0
+            ids.clamp_(min=0)
+            source_row, source_col = cell // in_w, cell % in_w
+            down = (source_row < in_h - 1).long() * in_w
+            across = (source_col < in_w - 1).long()
+            base = ids * planes + cell
+            v00, v01 = flat.take(base), flat.take(base + across)
+            v10, v11 = flat.take(base + down), flat.take(base + (down + across))
+            out_rows, out_cols = row_table[source_row], col_table[source_col]  # (n, R), (n, C)
+            wx0, wx1 = cols.weight0.take(out_cols), cols.weight1.take(out_cols)
+            wy0 = rows.weight0.take(out_rows)[..., None]  # (n, R, 1)
+            wy1 = rows.weight1.take(out_rows)[..., None]
+            upper = v00[..., None] * wx0 + v01[..., None] * wx1  # (k, n, C)
+            lower = v10[..., None] * wx0 + v11[..., None] * wx1
+            scores = upper[:, :, None] * wy0 + lower[:, :, None] * wy1  # (k, n, R, C)
+            scores.masked_fill_(empty[:, :, None, None], -torch.inf)
             top, best = scores.max(dim=0)  # the first maximum: the lowest id, slots ascending
+            real = row_real[source_row][:, :, None] & col_real[source_col][:, None, :]
             if arithmetic.fused_blend:
                 second = scores.scatter_(0, best[None], -torch.inf).amax(0)
-                close = (top - second <= apart).nonzero().flatten()
-                if len(close):
-                    near = (pixels[0].take(close), pixels[1].take(close))
-                    exact = replay(logits, rows, cols, *near, ids[:, close], fused=True)
-                    exact.masked_fill_(empty[:, close], -torch.inf)
+                close = ((top - second <= apart) & real).nonzero(as_tuple=True)
+                if len(close[0]):
+                    at, row, col = close
+                    pixels = (out_rows[at, row], out_cols[at, col])
+                    exact = replay(logits, rows, cols, *pixels, ids[:, at], fused=True)
+                    exact.masked_fill_(empty[:, at], -torch.inf)
                     best[close] = exact.max(dim=0).indices
-            found[part] = ids.gather(0, best[None])[0]
-    return found
+            found = ids.t().gather(1, best.flatten(1)).view_as(best)
+            where = out_rows[:, :, None] * width + out_cols[:, None, :]
+            labels.view(-1)[where[real]] = found[real].to(labels.dtype)
+        done += members
+    return True
 
 
 def _cells(scores: torch.Tensor, op: Callable[..., torch.Tensor]) -> torch.Tensor:
@@ -246,25 +268,17 @@ class CellAnalysis:
         """Classes that may win in some cell (ascending ids)."""
         return self.kept[self.candidate.flatten(1).any(dim=1)]
 
-    def slots(self, referenced: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """For the undecided cells among ``referenced``: (in_doubt, table, position).
-
-        ``in_doubt``: the classes that may win in one of them (ascending); ``table``
-        (k, cells): per such cell, indices into ``in_doubt`` of its candidates,
-        ascending, padded with ``len(in_doubt)``; ``position``: column of ``table``
-        for each cell (flat index).
-        """
-        cells = (referenced & (self.count > 1)).view(-1).nonzero().flatten()
-        mask = self.candidate.flatten(1)[:, cells]
-        used = mask.any(dim=1)
-        in_doubt, mask = self.kept[used], mask[used]
-        local = torch.arange(len(in_doubt), device=mask.device)[:, None].expand_as(mask)
-        keys = torch.where(mask, local, len(in_doubt))
-        width_k = int(mask.sum(0).max())
-        table = keys.topk(width_k, dim=0, largest=False, sorted=True).values
-        position = torch.full((self.count.numel(),), -1, dtype=torch.int64, device=mask.device)
-        position[cells] = torch.arange(len(cells), device=mask.device)
-        return in_doubt, table, position
+    def slots(self, cells: torch.Tensor) -> torch.Tensor:
+        """(k, n): the ids of the candidates of ``cells`` (n flat indices), ascending, each
+        column padded with -1 to the most any of them has."""
+        counts = self.count.view(-1).take(cells)
+        # (cell, kept index) pairs, by cell and then class: nonzero's order.
+        pairs = self.candidate.flatten(1).index_select(1, cells).t().nonzero()
+        starts = counts.cumsum(0) - counts
+        rank = torch.arange(len(pairs), device=cells.device) - starts.repeat_interleave(counts)
+        table = torch.full((int(counts.max()), len(cells)), -1, device=cells.device)
+        table[rank, pairs[:, 0]] = self.kept.take(pairs[:, 1])
+        return table
 
 
 def interpolate_argmax(

@@ -123,32 +123,6 @@ def replay(
     return fma(upper, wy0, lower * wy1)
 
 
-def blend_columns(planes: torch.Tensor, cols: SourceIndices) -> torch.Tensor:
-    """Every source row of (D, H, W) ``planes`` blended across each output column's two
-    source columns, each product and sum rounded: (D, H, w)."""
-    left = planes.index_select(2, cols.index0)
-    right = planes.index_select(2, cols.index1)
-    return left * cols.weight0 + right * cols.weight1
-
-
-def replay_rows(
-    blended: torch.Tensor,
-    rows: SourceIndices,
-    pixel_rows: torch.Tensor,
-    pixel_cols: torch.Tensor,
-    planes: torch.Tensor,
-) -> torch.Tensor:
-    """Scores (k, n) at pixels (n,) of planes ``planes`` (k, n) of :func:`blend_columns`'s
-    output, the two rows blended with each product and sum rounded: what
-    :func:`replay` gives unfused, with the column blends shared between pixels."""
-    _, in_h, width = blended.shape
-    flat = blended.view(-1)
-    top, bottom = rows.index0.take(pixel_rows), rows.index1.take(pixel_rows)
-    base = planes * (in_h * width) + (top * width + pixel_cols)
-    upper, lower = flat.take(base), flat.take(base + (bottom - top) * width)
-    return upper * rows.weight0.take(pixel_rows) + lower * rows.weight1.take(pixel_rows)
-
-
 #: (H, W, h, w) the arithmetic is checked on: long rows and columns (many roundings of the
 #: source coordinate), up- and downscaling, non-integer ratios, an unscaled axis.
 PROBES = (

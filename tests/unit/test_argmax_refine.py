@@ -51,6 +51,8 @@ def make_logits(kind: str, classes: int, height: int, width: int, seed: int) -> 
         logits -= 6
         winners = torch.randint(0, classes, (min(3, classes),), generator=generator)
         logits[winners] += 6 + 3 * torch.randn(len(winners), 1, 1, generator=generator)
+    elif kind == "noise":  # random weights: near-flat scores, many classes in every cell
+        logits = logits * 0.2 + torch.randn(classes, 1, 1, generator=generator) * 0.6
     elif kind == "smooth":  # a few smooth fields crossing, the rest far below
         coarse = torch.randn(1, classes, 3, 3, generator=generator) * 4
         logits = F.interpolate(coarse, (height, width), mode="bilinear", align_corners=True)[0]
@@ -115,9 +117,16 @@ def test_equals_the_full_upsample_argmax(
 @pytest.mark.parametrize(
     ("out_h", "out_w"), [(480, 640), (640, 480), (128, 128), (100, 90), (333, 517)]
 )
-@pytest.mark.parametrize("kind", ["smooth", "dominant", "integers"])
-def test_segformer_sized_logits(kind: str, out_h: int, out_w: int, align_corners: bool) -> None:
-    """SegFormer's 128x128 scores (and mmseg's 512x512 when downscaling) at label sizes."""
+@pytest.mark.parametrize("kind", ["smooth", "dominant", "integers", "noise", "noise-scored"])
+def test_segformer_sized_logits(
+    kind: str, out_h: int, out_w: int, align_corners: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SegFormer's 128x128 scores (and mmseg's 512x512 when downscaling) at label sizes;
+    ``noise``: random weights' scores, close everywhere (most cells have several candidates),
+    also with every undecided cell scored (never the upsampling of the classes in doubt)."""
+    if kind == "noise-scored":
+        kind = "noise"
+        monkeypatch.setattr(bilinear_argmax, "REPLAY_COST", 0)
     in_size = 512 if out_h < 128 else 128  # (100, 90): downscaling
     logits = make_logits(kind, 30, in_size, in_size, seed=out_h)
     expected = reference(logits, out_h, out_w, align_corners)
