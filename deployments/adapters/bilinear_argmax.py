@@ -31,6 +31,8 @@ from deployments.adapters.bilinear_replay import (
     SEPARABLE_OUTPUT,
     Arithmetic,
     SourceIndices,
+    blend_unfused,
+    corners,
     replay,
     replayed_arithmetic,
     source_indices,
@@ -155,13 +157,12 @@ def _refine(
     counts = cells.count.view(-1).take(undecided)
     powers = (2 ** counts.float().log2().ceil()).long()  # 2, 4, 8, ...
     padded_counts = torch.minimum(torch.maximum(powers, counts), counts.max())
-    in_doubt = int(cells.candidate.flatten(1).any(dim=1).sum())
+    in_doubt = len(cells.in_doubt())
     if int(padded_counts.sum()) * block * REPLAY_COST > in_doubt * height * width:
         return False
     table = cells.slots(undecided)
     order = padded_counts.argsort()
     groups = torch.unique_consecutive(padded_counts.take(order), return_counts=True)
-    flat, planes = logits.view(-1), in_h * in_w
     apart = 2.0**-19 * magnitude + TINY  # |unfused - fused| <= 8.1 ulp of the largest |score|
     done = 0
     for slots_k, members in zip(groups[0].tolist(), groups[1].tolist(), strict=True):
@@ -173,18 +174,18 @@ def _refine(
             empty = ids < 0
             ids.clamp_(min=0)
             source_row, source_col = cell // in_w, cell % in_w
-            down = (source_row < in_h - 1).long() * in_w
-            across = (source_col < in_w - 1).long()
-            base = ids * planes + cell
-            v00, v01 = flat.take(base), flat.take(base + across)
-            v10, v11 = flat.take(base + down), flat.take(base + (down + across))
             out_rows, out_cols = row_table[source_row], col_table[source_col]  # (n, R), (n, C)
-            wx0, wx1 = cols.weight0.take(out_cols), cols.weight1.take(out_cols)
-            wy0 = rows.weight0.take(out_rows)[..., None]  # (n, R, 1)
-            wy1 = rows.weight1.take(out_rows)[..., None]
-            upper = v00[..., None] * wx0 + v01[..., None] * wx1  # (k, n, C)
-            lower = v10[..., None] * wx0 + v11[..., None] * wx1
-            scores = upper[:, :, None] * wy0 + lower[:, :, None] * wy1  # (k, n, R, C)
+            # A block's output rows (columns) share their two source rows (columns).
+            first_row, first_col = out_rows[:, 0], out_cols[:, 0]
+            values = corners(
+                logits,
+                ids[:, :, None, None],  # (k, n, 1, 1): the scores come out (k, n, R, C)
+                (source_row[:, None, None], rows.index1.take(first_row)[:, None, None]),
+                (source_col[:, None, None], cols.index1.take(first_col)[:, None, None]),
+            )
+            wx = (cols.weight0.take(out_cols)[:, None], cols.weight1.take(out_cols)[:, None])
+            wy = (rows.weight0.take(out_rows)[..., None], rows.weight1.take(out_rows)[..., None])
+            scores = blend_unfused(values, wx, wy)  # (k, n, R, C)
             scores.masked_fill_(empty[:, :, None, None], -torch.inf)
             top, best = scores.max(dim=0)  # the first maximum: the lowest id, slots ascending
             real = row_real[source_row][:, :, None] & col_real[source_col][:, None, :]

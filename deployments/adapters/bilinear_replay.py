@@ -106,21 +106,50 @@ def replay(
     """Upsampled scores (k, n) of classes ``ids`` (k, n) at pixels (n,) of (C, H, W)
     ``logits``: each source row blended across its two columns, then the two rows;
     every blend rounded once (``fused``) or each product and sum rounded."""
-    _, in_h, in_w = logits.shape
-    flat = logits.view(-1)
     top, bottom = rows.index0.take(pixel_rows), rows.index1.take(pixel_rows)
     left, right = cols.index0.take(pixel_cols), cols.index1.take(pixel_cols)
-    base = ids * (in_h * in_w) + (top * in_w + left)
-    down, across = (bottom - top) * in_w, right - left
-    v00, v01 = flat.take(base), flat.take(base + across)
-    v10, v11 = flat.take(base + down), flat.take(base + (down + across))
+    v00, v01, v10, v11 = corners(logits, ids, (top, bottom), (left, right))
     wx0, wx1 = cols.weight0.take(pixel_cols), cols.weight1.take(pixel_cols)
     wy0, wy1 = rows.weight0.take(pixel_rows), rows.weight1.take(pixel_rows)
     if not fused:
-        return (v00 * wx0 + v01 * wx1) * wy0 + (v10 * wx0 + v11 * wx1) * wy1
+        return blend_unfused((v00, v01, v10, v11), (wx0, wx1), (wy0, wy1))
     upper = fma(v00, wx0, v01 * wx1)
     lower = fma(v10, wx0, v11 * wx1)
     return fma(upper, wy0, lower * wy1)
+
+
+def corners(
+    logits: torch.Tensor,
+    ids: torch.Tensor,
+    rows: tuple[torch.Tensor, torch.Tensor],
+    cols: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The four source values (top left, top right, bottom left, bottom right) of classes
+    ``ids`` of (C, H, W) ``logits`` at source rows (top, bottom) and columns (left, right),
+    all broadcast together."""
+    _, in_h, in_w = logits.shape
+    flat = logits.view(-1)
+    (top, bottom), (left, right) = rows, cols
+    base = ids * (in_h * in_w) + (top * in_w + left)
+    down, across = (bottom - top) * in_w, right - left
+    return (
+        flat.take(base),
+        flat.take(base + across),
+        flat.take(base + down),
+        flat.take(base + (down + across)),
+    )
+
+
+def blend_unfused(
+    values: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    wx: tuple[torch.Tensor, torch.Tensor],
+    wy: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """The kernel's blend with each product and sum rounded: both source rows across their
+    two columns, then the two rows (operands broadcast; the order of the operations is
+    the kernel's, so the result is too)."""
+    (v00, v01, v10, v11), (wx0, wx1), (wy0, wy1) = values, wx, wy
+    return (v00 * wx0 + v01 * wx1) * wy0 + (v10 * wx0 + v11 * wx1) * wy1
 
 
 #: (H, W, h, w) the arithmetic is checked on: long rows and columns (many roundings of the
