@@ -2,10 +2,9 @@
 
 :class:`ModelCore` owns the adapter and everything a replica does per batch
 (dropping requests whose deadline has passed, timing, statistics). The Ray
-deployment in ``model_server.py`` adds only ``@serve.batch`` around it, and
-:class:`LocalEndpoint` runs the same core without Ray, batched by
-:class:`~deployments.batching.Batcher` (the same batching rules), for benchmarks,
-GPU checks and in-process tests.
+deployment in ``model_server.py`` and :class:`LocalEndpoint` (the same core without
+Ray, for benchmarks, GPU checks and in-process tests) both batch it with
+:class:`~deployments.batching.Batcher`, so both batch alike.
 """
 
 from __future__ import annotations
@@ -204,7 +203,7 @@ class LocalEndpoint:
 
     For benchmarks, GPU checks and machines without Ray: requests go through a
     :class:`~deployments.batching.Batcher` with the model's batching settings and
-    ``batch_cost`` (what ``@serve.batch`` does in the served path), and each batch
+    ``batch_cost`` (as the model server's replicas batch), and each batch
     runs ``ModelCore.run_batch`` (deadline drops included) in a worker thread.
     """
 

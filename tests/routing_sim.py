@@ -2,10 +2,12 @@
 
 Poisson arrivals with budgets from a mix; a gateway that routes (the real
 :class:`~deployments.pipeline.routing.Router`, on the simulated clock), decodes
-and sends; one replica per model that batches as Ray Serve 2.60's
-``@serve.batch`` does (a batch opens with the first arrival, takes what arrives
-within ``batch_wait_timeout_s``, closes full or on time; closed batches run one
-at a time) and drops requests whose deadline passed before their batch starts.
+and sends; one replica per model that batches as the model server's
+:class:`~deployments.batching.Batcher` does (requests wait in arrival order;
+when the replica is free the oldest opens a batch, which takes what is waiting
+and what arrives until ``batch_wait_timeout_s`` after the oldest arrived, and
+starts full or on time; one batch runs at a time) and drops requests whose
+deadline passed before their batch starts.
 A batch's time is the sum of recorded single-image times drawn for its images,
 so the router learns from the replayed batches exactly as it does from real
 ones. Each model has its own compute (the isolated setting).
@@ -72,10 +74,10 @@ class _Request:
 @dataclass
 class _Replica:
     model: SimModel
-    open_batch: list[_Request] | None = None
-    slots: int = 0
-    closed: deque[list[_Request]] = field(default_factory=deque)
+    waiting: deque[_Request] = field(default_factory=deque)
     busy: bool = False
+    #: When a wake-up to form the next batch is due (None: none is).
+    wake_at: float | None = None
 
 
 def simulate(
@@ -136,29 +138,30 @@ def simulate(
     def reach(request: _Request) -> None:
         replica = replicas[request.model]
         request.reached = now
-        size = replica.model.batching.max_batch_size
-        if replica.open_batch is not None and replica.slots + 1 > size:
-            close(replica, replica.open_batch)
-        if replica.open_batch is None:
-            batch = replica.open_batch = [request]
-            replica.slots = 1
-            at(now + replica.model.batching.batch_wait_timeout_s, lambda: close(replica, batch))
-        else:
-            replica.open_batch.append(request)
-            replica.slots += 1
-        if replica.slots >= size:
-            close(replica, replica.open_batch)
+        replica.waiting.append(request)
+        form(replica)
 
-    def close(replica: _Replica, batch: list[_Request]) -> None:
-        if replica.open_batch is not batch:
-            return  # closed already (it filled up)
-        replica.open_batch = None
-        replica.closed.append(batch)
-        if not replica.busy:
-            start(replica)
+    def form(replica: _Replica) -> None:
+        """Start the next batch if the replica is free and it is full or due."""
+        if replica.busy or not replica.waiting:
+            return
+        batching = replica.model.batching
+        due = replica.waiting[0].reached + batching.batch_wait_timeout_s
+        if len(replica.waiting) < batching.max_batch_size and now < due:
+            if replica.wake_at != due:
+                replica.wake_at = due
+                at(due, lambda: wake(replica, due))
+            return
+        count = min(len(replica.waiting), batching.max_batch_size)
+        start(replica, [replica.waiting.popleft() for _ in range(count)])
 
-    def start(replica: _Replica) -> None:
-        batch = replica.closed.popleft()
+    def wake(replica: _Replica, due: float) -> None:
+        if replica.wake_at == due:
+            replica.wake_at = None
+            form(replica)
+
+    def start(replica: _Replica, batch: list[_Request]) -> None:
+        replica.wake_at = None
         began = now
         live = [r for r in batch if r.deadline >= began]
         run_ms = sum(draws.choice(replica.model.times_ms) for _ in live)
@@ -178,8 +181,7 @@ def simulate(
                     batch_id=batch_id,
                 )
                 at(now + transport_ms / 2000, functools.partial(back, request, prediction, ran))
-            if replica.closed:
-                start(replica)
+            form(replica)
 
         at(now + run_ms / 1000, end)
 

@@ -1,15 +1,17 @@
 """When the work a gateway has routed to a model will be done: the replica's timeline.
 
-How a model replica queues (Ray Serve 2.60's ``@serve.batch`` with
-``max_concurrent_batches: 1``, the CPU setting): batches are *formed as requests
-arrive*, not when the replica becomes free. The first request to arrive opens a
-batch; every request arriving within ``batch_wait_timeout_s`` of it joins, up to
-``max_batch_size`` slots (a request's slots are ``ModelCore.batch_cost``: its
-share of ``max_batch_pixels``); a full batch closes at once. Closed batches then
-run one at a time, in order, each for its fitted time for its pixels, and every
-request in a batch is answered when it ends. So under light or Poisson load the
-batches are mostly of one request, whatever ``max_batch_size`` says, and a
-request waits for every batch ahead of it to run in full.
+How a model replica queues (:class:`~deployments.batching.Batcher` with
+``max_concurrent_batches: 1``, the CPU setting): a batch is *formed when the
+replica is free*. Requests wait in arrival order; when the model is free, the
+oldest waiting request (the head) opens a batch, which takes every request
+waiting then and those arriving until ``batch_wait_timeout_s`` after the head
+arrived, up to ``max_batch_size`` slots (a request's slots are
+``ModelCore.batch_cost``: its share of ``max_batch_pixels``). A batch starts as
+soon as it is full or the next request does not fit, else when the head has
+waited ``batch_wait_timeout_s``; it runs for its fitted time for its pixels, and
+every request in it is answered when it ends. So on an idle replica a request
+waits up to ``batch_wait_timeout_s`` for company, and under load the requests
+that arrived while a batch ran start together as soon as it ends.
 
 :func:`drain` replays that for the requests one gateway knows of, :class:`Pending`
 entries in arrival order:
@@ -93,20 +95,28 @@ def drain(
     order = sorted(range(len(pending)), key=lambda i: (ready[i], not pending[i].sent))
     finishes = [now] * len(pending)
     free = -math.inf if last_done_at is None else last_done_at
+    size = batching.max_batch_size
     position = 0
     while position < len(order):
-        opened = ready[order[position]]
-        members = [order[position]]
-        slots = batch_slots(pending[order[position]].pixels, batching)
+        head = order[position]
+        opened = max(free, ready[head])  # the replica is free and the head is there
+        close = max(opened, ready[head] + wait_s)
+        members = [head]
+        slots = batch_slots(pending[head].pixels, batching)
         position += 1
-        while position < len(order) and ready[order[position]] <= opened + wait_s:
-            more = batch_slots(pending[order[position]].pixels, batching)
-            if slots + more > batching.max_batch_size:
+        start = opened if slots >= size else close
+        while slots < size and position < len(order) and ready[order[position]] <= close:
+            candidate = order[position]
+            more = batch_slots(pending[candidate].pixels, batching)
+            if slots + more > size:  # it opens the next batch; this one starts now
+                start = max(opened, ready[candidate])
                 break
-            members.append(order[position])
+            members.append(candidate)
             slots += more
             position += 1
-        start = max(free, opened if slots >= batching.max_batch_size else opened + wait_s)
+            if slots >= size or len(members) >= size:
+                start = max(opened, ready[candidate])
+                break
         # The replica drops a request whose deadline passed before its batch starts.
         live = [i for i in members if _alive(pending[i], start)]
         pixels = sum(pending[i].pixels for i in live)

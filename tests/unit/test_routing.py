@@ -293,21 +293,31 @@ P = SIDE * SIDE
 IMAGE = (320, 240)
 
 
-def test_batches_form_as_requests_arrive_and_run_one_after_another() -> None:
-    """Ray Serve 2.60 closes a batch batch_wait_timeout_s after its first request, busy
-    replica or not: two requests 2 ms apart share one, the earlier one runs alone."""
+def test_a_batch_forms_when_the_replica_is_free_and_takes_everything_waiting() -> None:
+    """The model server's Batcher: a request on an idle replica waits batch_wait_timeout_s
+    for company; those arriving while a batch runs start together when it ends."""
     model = LinearLatency(prior=[LatencySample(P, 100.0), LatencySample(2 * P, 200.0)])
     batching = BatchingConfig(max_batch_size=4, max_batch_pixels=4 * P, batch_wait_timeout_s=0.01)
-    pending = [Pending(P, 0.0, True), Pending(P, 0.05, True), Pending(P, 0.052, True)]
-    timeline = drain(model, pending, 0.06, None, batching)
+    pending = [Pending(P, 0.0, True), Pending(P, 0.05, True), Pending(P, 0.09, True)]
+    timeline = drain(model, pending, 0.095, None, batching)
+    # 0.05 and 0.09 are 40 ms apart, yet both wait for the first batch (ends at 0.11)
+    # and share the next (Ray's @serve.batch would have run them one after the other).
     assert timeline.finishes == pytest.approx((0.11, 0.31, 0.31))
+    assert timeline.free_at == pytest.approx(0.31)
     # The replica drops a request whose deadline passed before its batch started: no time.
-    pending[1].deadline = 0.08
-    timeline = drain(model, pending, 0.06, None, batching)
+    pending[1].deadline = 0.1
+    timeline = drain(model, pending, 0.095, None, batching)
     assert timeline.finishes == pytest.approx((0.11, 0.21, 0.21))
-    # A request still decoding arrives when expected and queues behind the others.
-    late = drain(model, [*pending, Pending(P, 0.07, sent=False)], 0.06, None, batching)
+    # A request still decoding arrives when expected and joins the batch that is waiting.
+    late = drain(model, [*pending, Pending(P, 0.1, sent=False)], 0.095, None, batching)
     assert late.finishes[-1] == pytest.approx(0.31)
+    # A full batch starts at once; what does not fit opens the next one.
+    crowd = [Pending(P, 0.2 + i / 1000, True) for i in range(6)]
+    timeline = drain(model, crowd, 0.21, 0.2, batching)
+    assert timeline.finishes == pytest.approx((0.603,) * 4 + (0.803, 0.803))
+    # A request costing the whole pixel budget runs alone, at once.
+    big = drain(model, [Pending(4 * P, 0.0, True), Pending(P, 0.001, True)], 0.0, None, batching)
+    assert big.finishes == pytest.approx((0.4, 0.5))
 
 
 def test_a_running_batch_counts_only_what_is_left_of_it() -> None:
