@@ -207,12 +207,19 @@ class LocalEndpoint:
     runs ``ModelCore.run_batch`` (deadline drops included) in a worker thread.
     """
 
-    def __init__(self, core: ModelCore) -> None:
+    def __init__(
+        self,
+        core: ModelCore,
+        run_batch: Callable[[list[PredictRequest]], Sequence[Prediction | SegServeError]]
+        | None = None,
+    ) -> None:
+        """``run_batch`` (default ``core.run_batch``) runs each batch; the model server
+        passes one that calls it and records its metrics."""
         self.core = core
         self._card = core.card()
         batching = core.config.batching
         self.batcher: Batcher[PredictRequest, Prediction | SegServeError] = Batcher(
-            core.run_batch,
+            run_batch or core.run_batch,
             max_batch_size=batching.max_batch_size,
             batch_wait_timeout_s=batching.batch_wait_timeout_s,
             max_concurrent_batches=batching.max_concurrent_batches,

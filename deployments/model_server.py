@@ -28,10 +28,9 @@ from ray.serve import metrics
 from deployments.adapters.device import plan_device
 from deployments.adapters.registry import cuda_available
 from deployments.affinity import pin_process
-from deployments.batching import Batcher
 from deployments.config import ModelConfig
 from deployments.contract import ModelCard, Prediction, PredictRequest
-from deployments.model_core import ModelCore
+from deployments.model_core import LocalEndpoint, ModelCore
 from deployments.pipeline.errors import SegServeError
 
 logger = logging.getLogger("ray.serve")
@@ -53,7 +52,6 @@ class ModelServer:
         if device.fallback_reason:
             logger.warning("model %r: %s; running on CPU", config.name, device.fallback_reason)
         self.core = ModelCore(config, device)
-        batching = config.batching
         tags = {"model": config.name}
         # Prometheus, through Ray's metrics agent (segserve_* on each node's metrics port).
         self._ran = metrics.Counter(
@@ -84,25 +82,15 @@ class ModelServer:
                 self._expired.inc(len(results) - len(ran))
             return results
 
-        self._batcher: Batcher[PredictRequest, Prediction | SegServeError] = Batcher(
-            run_batch,
-            max_batch_size=batching.max_batch_size,
-            batch_wait_timeout_s=batching.batch_wait_timeout_s,
-            max_concurrent_batches=batching.max_concurrent_batches,
-            cost=self.core.batch_cost,
-            clock=self.core.clock,
-        )
+        # Batched as the Ray-free endpoint batches: the same Batcher, the same rules.
+        self._local = LocalEndpoint(self.core, run_batch)
 
     async def card(self) -> ModelCard:
         return self.core.card()
 
     async def predict(self, request: PredictRequest) -> Prediction:
-        # The budget is relative: it becomes a deadline on this node's clock on arrival.
-        request.receive(self.core.clock)
-        result = await self._batcher.submit(request)
-        if isinstance(result, SegServeError):
-            raise result
-        return result
+        # The budget becomes a deadline on this node's clock on arrival (LocalEndpoint).
+        return await self._local.predict(request)
 
     async def ready(self) -> bool:
         return True
