@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -70,9 +70,12 @@ def from_ray(error: BaseException, model: str | None = None) -> SegServeError:
 class RayModelEndpoint:
     """A model server deployment seen as a :class:`ModelEndpoint`."""
 
-    def __init__(self, name: str, handle: DeploymentHandle[Any]) -> None:
+    def __init__(
+        self, name: str, handle: DeploymentHandle[Any], states: ReplicaStates | None = None
+    ) -> None:
         self.name = name
         self.handle = handle
+        self.states = states or ReplicaStates()
         self._card: ModelCard | None = None
 
     async def card(self) -> ModelCard:
@@ -95,13 +98,13 @@ class RayModelEndpoint:
             info: dict[str, Any] = await self.handle.describe.remote()
         except Exception as e:
             raise from_ray(e) from e
-        info["replicas"] = await asyncio.to_thread(_replica_counts, deployment_name(self.name))
+        info["replicas"] = await self.states.of(deployment_name(self.name))
         return info
 
     async def ready(self) -> bool:
         """Whether a replica is RUNNING (Serve marks it so once its model loaded and warmed
         up), from the controller: never a call that waits in the model's request queue."""
-        states = await asyncio.to_thread(_replica_counts, deployment_name(self.name))
+        states = await self.states.of(deployment_name(self.name))
         if states:
             return states.get("RUNNING", 0) > 0
         try:  # no status (not in a Serve replica): ask a replica
@@ -110,22 +113,71 @@ class RayModelEndpoint:
             raise from_ray(e) from e
 
 
-def _replica_counts(deployment: str) -> dict[str, int]:
-    """Replica states of a deployment of this application, e.g. {"RUNNING": 2}."""
+class ReplicaStates:
+    """Replica states of every deployment of this application, e.g.
+    ``{"segserve_model_b0": {"RUNNING": 2}}``, from ``serve.status()``, shared.
+
+    Each ``serve.status()`` has the controller build, and this process parse, the details
+    of every application: tens of milliseconds of CPU on both, taken from the models on a
+    small node. So one snapshot serves every caller (readiness, ``/v1/models``, the
+    admission's replica counts) until it is ``max_age_s`` old, and callers that find it
+    stale together share one fetch (run in a thread: it blocks). Outside a Serve replica
+    (tests) it is empty. ``fetch`` is the blocking call (``serve.status()`` by default).
+    """
+
+    def __init__(
+        self,
+        max_age_s: float = 1.0,
+        fetch: Callable[[], dict[str, dict[str, int]]] | None = None,
+    ) -> None:
+        self.max_age_s = max_age_s
+        self._call = fetch or _application_replica_counts
+        self._snapshot: dict[str, dict[str, int]] = {}
+        self._at = -float("inf")
+        self._fetch: asyncio.Future[dict[str, dict[str, int]]] | None = None
+
+    async def get(self, max_age_s: float | None = None) -> dict[str, dict[str, int]]:
+        """The snapshot, fetched again first when older than ``max_age_s`` (default: the
+        instance's)."""
+        age = time.monotonic() - self._at
+        if age <= (self.max_age_s if max_age_s is None else max_age_s):
+            return self._snapshot
+        loop = asyncio.get_running_loop()
+        if self._fetch is None or self._fetch.get_loop() is not loop:
+            self._fetch = loop.create_task(asyncio.to_thread(self._call))
+            self._fetch.add_done_callback(self._store)
+        return await asyncio.shield(self._fetch)
+
+    def _store(self, fetch: asyncio.Future[dict[str, dict[str, int]]]) -> None:
+        if self._fetch is fetch:
+            self._fetch = None
+        if not fetch.cancelled() and fetch.exception() is None:
+            self._snapshot, self._at = fetch.result(), time.monotonic()
+
+    async def of(self, deployment: str) -> dict[str, int]:
+        """One deployment's states ({} when unknown)."""
+        return (await self.get()).get(deployment, {})
+
+
+def _application_replica_counts() -> dict[str, dict[str, int]]:
+    """Replica states of every deployment of this application, from one ``serve.status()``."""
     try:
         app_name = serve.get_replica_context().app_name
-        status = serve.status().applications[app_name].deployments[deployment]
-        return {str(state): int(count) for state, count in status.replica_states.items()}
+        deployments = serve.status().applications[app_name].deployments
+        return {
+            name: {str(state): int(count) for state, count in status.replica_states.items()}
+            for name, status in deployments.items()
+        }
     except Exception:  # status is informational; never fail /v1/models over it
         return {}
 
 
-def _own_replica_counts() -> dict[str, int]:
-    """Replica states of the deployment this code runs in (the gateway's)."""
+def _own_deployment() -> str | None:
+    """The deployment this code runs in (the gateway's); None outside a replica (tests)."""
     try:
-        return _replica_counts(serve.get_replica_context().deployment)
-    except Exception:  # not in a replica (tests): the configured count stands
-        return {}
+        return str(serve.get_replica_context().deployment)
+    except Exception:
+        return None
 
 
 @serve.deployment
@@ -144,8 +196,12 @@ class Gateway(SegServeGrpc, OipGrpc):
             tag_keys=("model", "chosen_by", "budget_met"),  # type: ignore[arg-type]
         )
         self.handles = dict(handles)
+        self.replica_states = ReplicaStates()
         self.service = SegmentationService(
-            {name: RayModelEndpoint(name, h) for name, h in self.handles.items()},
+            {
+                name: RayModelEndpoint(name, h, self.replica_states)
+                for name, h in self.handles.items()
+            },
             models,
             config,
             replicas=self._running_replicas,
@@ -189,13 +245,13 @@ class Gateway(SegServeGrpc, OipGrpc):
 
     async def _refresh_replicas(self) -> None:
         try:
-            counts = await asyncio.to_thread(
-                lambda: {n: _replica_counts(deployment_name(n)) for n in self.handles}
-            )
+            counts = await self.replica_states.get(max_age_s=_REPLICAS_REFRESH_S)
             self._replica_cache = {
-                name: states.get("RUNNING", 0) for name, states in counts.items() if states
+                name: states.get("RUNNING", 0)
+                for name in self.handles
+                if (states := counts.get(deployment_name(name)))
             }
-            own = await asyncio.to_thread(_own_replica_counts)
+            own = counts.get(_own_deployment() or "", {})
             self._gateway_count = own.get("RUNNING") or None
         finally:
             self._replicas_at = time.monotonic()
