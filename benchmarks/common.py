@@ -114,6 +114,29 @@ def local_serve_both(args: AppArgs, num_cpus: int | None = None) -> Iterator[tup
         with contextlib.suppress(Exception):
             serve.shutdown()
         ray.shutdown()
+        wait_for_ray_exit()
+
+
+def wait_for_ray_exit(timeout_s: float = 30.0) -> None:
+    """Wait until the local Ray's processes (replicas, raylet, GCS) are gone: they linger for
+    seconds after ``ray.shutdown()``, and what is timed next would share the cores with them.
+    Linux (``/proc``) only; elsewhere it returns at once."""
+    proc = Path("/proc")
+    deadline = time.monotonic() + timeout_s
+    while proc.is_dir() and time.monotonic() < deadline:
+        if not any(_is_ray_process(entry) for entry in proc.iterdir() if entry.name.isdigit()):
+            return
+        time.sleep(0.25)
+
+
+def _is_ray_process(entry: Path) -> bool:
+    try:
+        command = (entry / "cmdline").read_bytes()
+    except OSError:
+        return False
+    return command.startswith(b"ray::") or any(
+        part in command for part in (b"/ray/core/src/ray/", b"ray/dashboard/", b"ray/_private/")
+    )
 
 
 @contextlib.contextmanager

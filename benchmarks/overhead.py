@@ -131,7 +131,7 @@ async def closed_loop(url: str, data: bytes, clients: int, per_client: int) -> d
 def run() -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests-per-client", type=int, default=0, help="0: auto")
-    parser.add_argument("--rounds", type=int, default=3, help="bare-adapter batches timed")
+    parser.add_argument("--rounds", type=int, default=5, help="bare-adapter batches timed")
     options = parser.parse_args()
 
     args = shipped_args()
@@ -150,7 +150,7 @@ def run() -> dict[str, Any]:
     with local_serve(args) as url:
         asyncio.run(closed_loop(url, data, 2, 1))  # warm
         for clients in CONCURRENCY:
-            per_client = options.requests_per_client or max(2, 48 // clients)
+            per_client = options.requests_per_client or max(3, 48 // clients)
             row = asyncio.run(closed_loop(url, data, clients, per_client))
             row["concurrency"] = clients
             results.append(row)
