@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
 import statistics
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,28 +135,6 @@ def _is_ray_process(entry: Path) -> bool:
     return command.startswith(b"ray::") or any(
         part in command for part in (b"/ray/core/src/ray/", b"ray/dashboard/", b"ray/_private/")
     )
-
-
-@contextlib.contextmanager
-def json_stdout() -> Iterator[Any]:
-    """Send everything else (Ray's and the libraries' chatter) to stderr; yield a
-    function that prints the one JSON document on the real stdout."""
-    saved = os.dup(1)
-    sys.stdout.flush()
-    os.dup2(2, 1)
-
-    def emit(document: object) -> None:
-        sys.stdout.flush()
-        with os.fdopen(os.dup(saved), "w") as out:
-            json.dump(document, out, indent=2)
-            out.write("\n")
-
-    try:
-        yield emit
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def median(values: list[float]) -> float:

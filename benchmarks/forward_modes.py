@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import REPO, default_model, json_stdout, shipped_args
+from benchmarks.common import REPO, default_model, shipped_args
+from benchmarks.jsonout import json_stdout
 
 PARTS = ("predict", "eager", "channels_last", "compile")
 LABEL_SIZES = ((640, 480), (2000, 1500))

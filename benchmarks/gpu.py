@@ -41,21 +41,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
-import json
 import os
 import platform
 import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.jsonout import json_stdout
 
 WEIGHTS = "random"
 WEIGHTS_NOTE = (
@@ -114,27 +114,6 @@ def block_ray() -> list[str]:
 
 def log(message: str) -> None:
     print(f"[gpu-bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def stdout_to_stderr() -> Iterator[Callable[[object], None]]:
-    """Libraries' chatter to stderr; yields the function that prints the JSON on stdout."""
-    saved = os.dup(1)
-    sys.stdout.flush()
-    os.dup2(2, 1)
-
-    def emit(document: object) -> None:
-        sys.stdout.flush()
-        with os.fdopen(os.dup(saved), "w") as out:
-            json.dump(document, out, indent=2)
-            out.write("\n")
-
-    try:
-        yield emit
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -637,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("SEGSERVE_OFFLINE", "1")
-    with stdout_to_stderr() as emit:
+    with json_stdout() as emit:
         import torch
 
         device = args.device

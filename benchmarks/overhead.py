@@ -30,7 +30,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.common import default_model, json_stdout, local_serve, median, shipped_args
+from benchmarks.common import default_model, local_serve, median, shipped_args
+from benchmarks.jsonout import json_stdout
 from tests.images import jpeg
 
 CONCURRENCY = (1, 8, 32)

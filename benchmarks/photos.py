@@ -36,12 +36,12 @@ import httpx
 
 from benchmarks.common import (
     default_model,
-    json_stdout,
     local_serve,
     median,
     photo_paths,
     shipped_args,
 )
+from benchmarks.jsonout import json_stdout
 
 GOAL_MS = 1000.0
 TIMINGS = ("decode", "queue", "inference", "encode", "total")

@@ -55,7 +55,8 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import default_model, json_stdout, local_serve, shipped_args
+from benchmarks.common import default_model, local_serve, shipped_args
+from benchmarks.jsonout import json_stdout
 from clients.bench import NO_BUDGET, BudgetMix, Sample, Workload, run_closed, run_open
 from clients.bench import summarize as bench_summary
 from clients.bench_transports import HttpTransport, Target

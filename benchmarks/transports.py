@@ -32,7 +32,8 @@ import grpc
 import httpx
 import numpy as np
 
-from benchmarks.common import SHARED_PHOTOS, json_stdout, local_serve_both, median, shipped_args
+from benchmarks.common import SHARED_PHOTOS, local_serve_both, median, shipped_args
+from benchmarks.jsonout import json_stdout
 from clients.grpc_client import CHANNEL_OPTIONS, AsyncGrpcSegServeClient
 from clients.http import AsyncSegServeClient
 from clients.result import SegServeClientError
