@@ -115,6 +115,35 @@ def local_serve_both(args: AppArgs, num_cpus: int | None = None) -> Iterator[tup
         wait_for_ray_exit()
 
 
+class StealMeter:
+    """The share of this machine's CPU time its hypervisor gave to others (``steal`` in
+    ``/proc/stat``) between :meth:`start` and :meth:`stop`: on a shared VM a timing taken
+    while it is high is not comparable with one taken while it is not. None off Linux."""
+
+    def __init__(self) -> None:
+        self._start: list[int] | None = None
+
+    @staticmethod
+    def _sample() -> list[int] | None:
+        try:
+            with open("/proc/stat") as stat:
+                return [int(v) for v in stat.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+
+    def start(self) -> StealMeter:
+        self._start = self._sample()
+        return self
+
+    def stop(self) -> float | None:
+        end = self._sample()
+        if self._start is None or end is None or len(end) < 8:
+            return None
+        delta = [b - a for a, b in zip(self._start, end, strict=False)]
+        total = sum(delta[:8])  # user .. steal (guest time is counted in user already)
+        return round(delta[7] / total, 3) if total > 0 else None
+
+
 def wait_for_ray_exit(timeout_s: float = 30.0) -> None:
     """Wait until the local Ray's processes (replicas, raylet, GCS) are gone: they linger for
     seconds after ``ray.shutdown()``, and what is timed next would share the cores with them.

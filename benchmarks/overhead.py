@@ -13,7 +13,9 @@ concurrency 32 >= 0.7 of the bare forward pass at batch 8.
 This machine's speed drifts over minutes (shared cores), so the bare forward
 pass is timed again after the served runs, and each ratio is taken against the
 faster of the two timings (a lower bound); both timings are printed, with the
-load average before the run. Prints JSON.
+load average before the run and the share of CPU time the hypervisor gave to other
+machines (``steal``) during each part: where that differs between parts, so does
+the machine, and the ratio says little. Prints JSON.
 
     python -m benchmarks.overhead [--requests-per-client 4]
 """
@@ -30,7 +32,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.common import default_model, local_serve, median, shipped_args
+from benchmarks.common import StealMeter, default_model, local_serve, median, shipped_args
 from benchmarks.jsonout import json_stdout
 from tests.images import jpeg
 
@@ -70,20 +72,27 @@ def bare_throughput(
             adapter.predict_batch(images[:count], sizes[:count])
         return count * rounds / (time.perf_counter() - started)
 
-    return {
+    rates = {
         "batched_images_per_s": rate(batch),
         "batch1_images_per_s": rate(1),
         f"forward_batch{FORWARD_BATCH}_images_per_s": forward_throughput(adapter, pixels, rounds),
     }
+    if batch != FORWARD_BATCH:  # the forward pass at the served batch size, for comparison
+        rates[f"forward_batch{batch}_images_per_s"] = forward_throughput(
+            adapter, pixels, rounds, batch
+        )
+    return rates
 
 
-def forward_throughput(adapter: Any, pixels: np.ndarray, rounds: int) -> float:
-    forward = forward_only(adapter, [pixels] * FORWARD_BATCH)
+def forward_throughput(
+    adapter: Any, pixels: np.ndarray, rounds: int, batch: int = FORWARD_BATCH
+) -> float:
+    forward = forward_only(adapter, [pixels] * batch)
     forward()  # warm
     started = time.perf_counter()
     for _ in range(rounds):
         forward()
-    return FORWARD_BATCH * rounds / (time.perf_counter() - started)
+    return batch * rounds / (time.perf_counter() - started)
 
 
 def forward_only(adapter: Any, images: list[np.ndarray]) -> Callable[[], object]:
@@ -144,7 +153,9 @@ def run() -> dict[str, Any]:
     pixels = model_pixels(adapter, data, args.gateway.limits.image_limits())
     batch = config.batching.max_batch_size
     # Before Ray: no CPU sharing.
+    steal = StealMeter().start()
     bare = bare_throughput(adapter, pixels, (640, 480), batch, options.rounds)
+    steal_fractions = {"bare_before": steal.stop()}
     forward_before = bare[f"forward_batch{FORWARD_BATCH}_images_per_s"]
 
     results = []
@@ -152,10 +163,14 @@ def run() -> dict[str, Any]:
         asyncio.run(closed_loop(url, data, 2, 1))  # warm
         for clients in CONCURRENCY:
             per_client = options.requests_per_client or max(3, 48 // clients)
+            steal.start()
             row = asyncio.run(closed_loop(url, data, clients, per_client))
+            row["steal_fraction"] = steal.stop()
             row["concurrency"] = clients
             results.append(row)
+    steal.start()
     forward_after = forward_throughput(adapter, pixels, options.rounds)  # Ray is down again
+    steal_fractions["forward_after"] = steal.stop()
     forward_rate = max(forward_before, forward_after)
     for row in results:
         row["ratio_to_bare_batched"] = round(row["images_per_s"] / bare["batched_images_per_s"], 3)
@@ -166,6 +181,9 @@ def run() -> dict[str, Any]:
         "model": config.name,
         "threads": threads,
         "load_average_before": round(load_before, 2),
+        # The hypervisor's share of the CPU (others' VMs) while each part was timed: ratios
+        # from parts with different steal compare different machines.
+        "steal_fraction": steal_fractions,
         "bare": {k: round(v, 3) for k, v in bare.items()},
         "served": results,
         "goal_ratio": GOAL,
