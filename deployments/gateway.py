@@ -118,11 +118,12 @@ class ReplicaStates:
     ``{"segserve_model_b0": {"RUNNING": 2}}``, from ``serve.status()``, shared.
 
     Each ``serve.status()`` has the controller build, and this process parse, the details
-    of every application: tens of milliseconds of CPU on both, taken from the models on a
-    small node. So one snapshot serves every caller (readiness, ``/v1/models``, the
-    admission's replica counts) until it is ``max_age_s`` old, and callers that find it
-    stale together share one fetch (run in a thread: it blocks). Outside a Serve replica
-    (tests) it is empty. ``fetch`` is the blocking call (``serve.status()`` by default).
+    of every application (about 10 ms of CPU on each side on an idle 2-core node, more
+    under load), CPU taken from the models. So one snapshot serves every caller
+    (readiness, ``/v1/models``, the admission's replica counts) until it is
+    ``max_age_s`` old, and callers that find it stale together share one fetch (run in
+    a thread: it blocks). Outside a Serve replica (tests) it is empty. ``fetch`` is the
+    blocking call (``serve.status()`` by default).
     """
 
     def __init__(
