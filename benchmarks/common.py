@@ -29,6 +29,14 @@ def default_model(args: AppArgs) -> ModelConfig:
     return next(m for m in args.models if m.name == args.default_model)
 
 
+def load_adapter(config: ModelConfig, threads: int) -> Any:
+    """The model's adapter, loaded in this process (no Ray) on ``threads`` CPU threads."""
+    from deployments.adapters.device import plan_device
+    from deployments.adapters.registry import adapter_class
+
+    return adapter_class(config.framework).load(config, plan_device(0, threads, threads))
+
+
 def photo_paths(directory: str | None, scratch: Path) -> list[Path]:
     """The given folder, else the shared test photos when present, else generated ones."""
     if directory:

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import REPO, default_model, shipped_args
+from benchmarks.common import REPO, default_model, load_adapter, shipped_args
 from benchmarks.jsonout import json_stdout
 
 PARTS = ("predict", "eager", "channels_last", "compile")
@@ -58,12 +58,9 @@ def timed(run: Callable[[], object], repeat: int) -> dict[str, float]:
     }
 
 
-def load_adapter(threads: int) -> Any:
-    from deployments.adapters.device import plan_device
-    from deployments.adapters.registry import adapter_class
-
+def random_weights_adapter(threads: int) -> Any:
     config = default_model(shipped_args()).model_copy(update={"weights": "random"})
-    return adapter_class(config.framework).load(config, plan_device(0, threads, threads))
+    return load_adapter(config, threads)
 
 
 def images(count: int, size: int = 512) -> list[np.ndarray]:
@@ -155,7 +152,7 @@ def compile_child(batches: list[int], repeat: int, threads: int) -> dict[str, An
     batch of 1 is always its own), as a replica batching requests needs."""
     import torch
 
-    adapter = load_adapter(threads)
+    adapter = random_weights_adapter(threads)
     compiled = torch.compile(adapter.model)
     rows = []
     for count in sorted(batches, key=lambda b: (b == 1, b)):
@@ -249,7 +246,7 @@ def run() -> dict[str, Any]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "input": "512x512",
     }
-    adapter = load_adapter(threads)
+    adapter = random_weights_adapter(threads)
     if "predict" in parts:
         result["predict"] = predict_part(adapter, options.repeat)
     if "eager" in parts:

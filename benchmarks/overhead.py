@@ -32,7 +32,14 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.common import StealMeter, default_model, local_serve, median, shipped_args
+from benchmarks.common import (
+    StealMeter,
+    default_model,
+    load_adapter,
+    local_serve,
+    median,
+    shipped_args,
+)
 from benchmarks.jsonout import json_stdout
 from tests.images import jpeg
 
@@ -42,13 +49,6 @@ GOAL = 0.8
 FORWARD_GOAL = 0.7
 FORWARD_BATCH = 8
 FORWARD_CONCURRENCY = 32
-
-
-def load_adapter(config: Any, threads: int) -> Any:
-    from deployments.adapters.device import plan_device
-    from deployments.adapters.registry import adapter_class
-
-    return adapter_class(config.framework).load(config, plan_device(0, threads, threads))
 
 
 def model_pixels(adapter: Any, data: bytes, limits: Any) -> np.ndarray:

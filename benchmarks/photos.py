@@ -36,6 +36,7 @@ import httpx
 
 from benchmarks.common import (
     default_model,
+    load_adapter,
     local_serve,
     median,
     photo_paths,
@@ -137,12 +138,10 @@ def naive_baseline(config_json: str, paths: list[str], threads: int, queue: Any)
     import numpy as np
     from PIL import Image, ImageOps
 
-    from deployments.adapters.device import plan_device
-    from deployments.adapters.registry import adapter_class
     from deployments.config import ModelConfig
 
     config = ModelConfig.model_validate_json(config_json)
-    adapter: Any = adapter_class(config.framework).load(config, plan_device(0, threads, threads))
+    adapter: Any = load_adapter(config, threads)
     if config.framework == "paddleseg":
         import paddle
         from paddleseg.core import infer
@@ -221,10 +220,7 @@ def bare_model_ms(config: Any, threads: int, repeat: int) -> float:
     """The adapter alone on one image at the model's input size: the floor for any photo."""
     import numpy as np
 
-    from deployments.adapters.device import plan_device
-    from deployments.adapters.registry import adapter_class
-
-    adapter = adapter_class(config.framework).load(config, plan_device(0, threads, threads))
+    adapter = load_adapter(config, threads)
     width, height = adapter.input_spec.size or (512, 512)
     image = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
     times = []
