@@ -143,11 +143,22 @@ class ReplicaStates:
         age = time.monotonic() - self._at
         if age <= (self.max_age_s if max_age_s is None else max_age_s):
             return self._snapshot
+        return await asyncio.shield(self._fetching())
+
+    def latest(self, max_age_s: float) -> dict[str, dict[str, int]]:
+        """The snapshot as it is, never waiting; when older than ``max_age_s`` a fetch
+        starts in the background (for calls that must not block, such as admission's)."""
+        if time.monotonic() - self._at > max_age_s:
+            self._fetching()
+        return self._snapshot
+
+    def _fetching(self) -> asyncio.Future[dict[str, dict[str, int]]]:
+        """The fetch in flight on this loop, started if there is none."""
         loop = asyncio.get_running_loop()
         if self._fetch is None or self._fetch.get_loop() is not loop:
             self._fetch = loop.create_task(asyncio.to_thread(self._call))
             self._fetch.add_done_callback(self._store)
-        return await asyncio.shield(self._fetch)
+        return self._fetch
 
     def _store(self, fetch: asyncio.Future[dict[str, dict[str, int]]]) -> None:
         if self._fetch is fetch:
@@ -209,11 +220,7 @@ class Gateway(SegServeGrpc, OipGrpc):
             on_result=self._count,
             gateways=self._running_gateways,
         )
-        # RUNNING replicas per model (autoscaling changes them), refreshed in the background.
-        self._replica_cache: dict[str, int] = {}
-        self._gateway_count: int | None = None
-        self._replicas_at = 0.0
-        self._refreshing = False
+        self._own_deployment = _own_deployment()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return http.build_app(self.service, HTTP_PROTOCOLS)
@@ -229,31 +236,13 @@ class Gateway(SegServeGrpc, OipGrpc):
         )
 
     def _running_replicas(self, name: str) -> int | None:
-        """Running replicas of a model as last seen (None until known); never blocks."""
-        self._refresh_if_stale()
-        return self._replica_cache.get(name)
+        """Running replicas of a model (autoscaling changes them) as last seen, refreshed
+        in the background every few seconds (None until known); never blocks."""
+        states = self.replica_states.latest(_REPLICAS_REFRESH_S).get(deployment_name(name))
+        return states.get("RUNNING", 0) if states else None
 
     def _running_gateways(self) -> int | None:
         """Running replicas of this gateway deployment as last seen (None until known): each
         admits its share of the models' replica slots."""
-        self._refresh_if_stale()
-        return self._gateway_count
-
-    def _refresh_if_stale(self) -> None:
-        if not self._refreshing and time.monotonic() - self._replicas_at > _REPLICAS_REFRESH_S:
-            self._refreshing = True
-            asyncio.get_running_loop().create_task(self._refresh_replicas())
-
-    async def _refresh_replicas(self) -> None:
-        try:
-            counts = await self.replica_states.get(max_age_s=_REPLICAS_REFRESH_S)
-            self._replica_cache = {
-                name: states.get("RUNNING", 0)
-                for name in self.handles
-                if (states := counts.get(deployment_name(name)))
-            }
-            own = counts.get(_own_deployment() or "", {})
-            self._gateway_count = own.get("RUNNING") or None
-        finally:
-            self._replicas_at = time.monotonic()
-            self._refreshing = False
+        snapshot = self.replica_states.latest(_REPLICAS_REFRESH_S)
+        return snapshot.get(self._own_deployment or "", {}).get("RUNNING") or None

@@ -77,3 +77,19 @@ def test_a_failed_status_call_is_not_kept_and_the_next_caller_tries_again() -> N
 
     assert asyncio.run(scenario()) == {"RUNNING": 2}
     assert len(calls) == 2
+
+
+def test_latest_never_waits_and_refreshes_a_stale_snapshot_in_the_background() -> None:
+    controller = Controller()
+    states = ReplicaStates(max_age_s=60, fetch=controller)
+
+    async def scenario() -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]], int]:
+        before = states.latest(max_age_s=5)  # nothing fetched yet: empty, a fetch started
+        states.latest(max_age_s=5)  # the same fetch, not a second one
+        await states.get()  # waits for that fetch (no sleep: no timing)
+        return before, states.latest(max_age_s=5), controller.calls
+
+    before, after, calls = asyncio.run(scenario())
+    assert before == {}
+    assert after["model_b0"] == {"RUNNING": 1}
+    assert calls == 1
