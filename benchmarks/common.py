@@ -33,6 +33,10 @@ def load_adapter(config: ModelConfig, threads: int) -> Any:
     """The model's adapter, loaded in this process (no Ray) on ``threads`` CPU threads."""
     from deployments.adapters.device import plan_device
     from deployments.adapters.registry import adapter_class
+    from deployments.pipeline.process import retain_freed_memory
+
+    if config.retain_freed_memory:  # the heap policy the replicas run with
+        retain_freed_memory()
 
     return adapter_class(config.framework).load(config, plan_device(0, threads, threads))
 

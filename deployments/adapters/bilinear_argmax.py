@@ -22,7 +22,7 @@ the classes in doubt come from ``F.interpolate``, ``CLASS_CHUNK`` at a time.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +41,9 @@ from deployments.adapters.bilinear_replay import (
 #: Classes upsampled at once by ``F.interpolate``; bounds its memory to
 #: ``CLASS_CHUNK x out_h x out_w`` floats whatever the number of classes.
 CLASS_CHUNK = 16
-#: Classes whose low-resolution cells are examined at once.
-CELL_CHUNK = 64
+#: Scores (classes x cells) whose low-resolution cells are examined at once: bounds the
+#: cell analysis' memory (~16 MB per pass).
+CELL_CHUNK = 1 << 22
 #: Classes with the highest peaks, whose cell minima set a first bar.
 STRONG = 8
 #: Cells are examined when the output has at least this many pixels per cell; for less
@@ -206,19 +207,38 @@ def _refine(
 
 
 def _cells(scores: torch.Tensor, op: Callable[..., torch.Tensor]) -> torch.Tensor:
-    """``op`` over each cell {y, min(y+1, H-1)} x {x, min(x+1, W-1)}: (k, H, W) -> (k, H, W)."""
-    padded = F.pad(scores[None], (0, 1, 0, 1), mode="replicate")[0]
-    top = op(padded[:, :-1, :-1], padded[:, :-1, 1:])
-    return op(top, op(padded[:, 1:, :-1], padded[:, 1:, 1:]), out=top)
+    """``op`` over each cell {y, min(y+1, H-1)} x {x, min(x+1, W-1)}: (k, H, W) -> (k, H, W).
+
+    Separable (rows, then columns: two passes of ``op``); the last row (column) pairs with
+    itself, as the kernel clamps its second source there."""
+    rows = torch.empty_like(scores)
+    op(scores[:, :-1], scores[:, 1:], out=rows[:, :-1])
+    rows[:, -1] = scores[:, -1]
+    out = torch.empty_like(scores)
+    op(rows[:, :, :-1], rows[:, :, 1:], out=out[:, :, :-1])
+    out[:, :, -1] = rows[:, :, -1]
+    return out
+
+
+def _chunks(logits: torch.Tensor, ids: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, scores of ``ids[start : start + n]``), ``CELL_CHUNK`` classes' cells at a time
+    (a view of ``logits`` where the ids are all of its classes, in order)."""
+    step = max(1, CELL_CHUNK // (logits.shape[1] * logits.shape[2]))
+    everything = len(ids) == len(logits)  # ids are ascending and unique: 0..C-1
+    for start in range(0, len(ids), step):
+        part = ids[start : start + step]
+        yield (
+            start,
+            logits[start : start + len(part)] if everything else logits.index_select(0, part),
+        )
 
 
 def _bar(logits: torch.Tensor, ids: torch.Tensor, bar: torch.Tensor | None) -> torch.Tensor:
     """Per cell: the least cell maximum that may still win, given classes ``ids`` (and
     the bar so far): below the best cell minimum by more than rounding can close."""
     best: torch.Tensor | None = None
-    for start in range(0, len(ids), CELL_CHUNK):
-        low = _cells(logits.index_select(0, ids[start : start + CELL_CHUNK]), torch.minimum)
-        value = low.amax(0)
+    for _, scores in _chunks(logits, ids):
+        value = _cells(scores, torch.minimum).amax(0)
         best = value if best is None else torch.maximum(best, value)
     assert best is not None
     new_bar = best - MARGIN * best.abs() - TINY
@@ -248,6 +268,10 @@ class CellAnalysis:
 
     def __init__(self, logits: torch.Tensor, kept: torch.Tensor, bar: torch.Tensor) -> None:
         device = logits.device
+        if 2 * len(kept) > len(logits):
+            # Examine every class (views, no gathered copies): the others' cell maxima are
+            # below every bar (their peaks are), so they add no candidate.
+            kept = torch.arange(len(logits), device=device)
         bar = _bar(logits, kept, bar)  # every contender's cell minimum may raise the bar
         #: The classes that may win in some cell (ascending ids).
         self.kept = kept
@@ -255,15 +279,22 @@ class CellAnalysis:
         self.candidate = torch.empty(
             (len(kept), *logits.shape[1:]), dtype=torch.bool, device=device
         )
-        for start in range(0, len(kept), CELL_CHUNK):
-            part = kept[start : start + CELL_CHUNK]
-            high = _cells(logits.index_select(0, part), torch.maximum)
-            torch.ge(high, bar, out=self.candidate[start : start + len(part)])
+        for start, scores in _chunks(logits, kept):
+            high = _cells(scores, torch.maximum)
+            torch.ge(high, bar, out=self.candidate[start : start + len(scores)])
         #: (H, W): candidates per cell (at least 1: the best cell minimum's class).
-        self.count = self.candidate.sum(0)
-        first = self.candidate.to(torch.uint8).max(dim=0).indices
+        self.count: torch.Tensor
         #: (H, W) int32: the cell's class when it is decided, else -1.
-        self.decided = torch.where(self.count == 1, kept.take(first), -1).to(torch.int32)
+        self.decided: torch.Tensor
+        if len(kept) < 256:  # byte arithmetic: an order of magnitude faster than bool's sum
+            flags = self.candidate.view(torch.uint8)
+            self.count = flags.sum(0, dtype=torch.uint8).long()
+            ranks = torch.arange(len(kept), dtype=torch.uint8, device=device)[:, None, None]
+            last = (flags * ranks).amax(0).long()  # a decided cell's one candidate
+        else:
+            self.count = self.candidate.sum(0)
+            last = self.candidate.to(torch.uint8).max(dim=0).indices
+        self.decided = torch.where(self.count == 1, kept.take(last), -1).to(torch.int32)
 
     def in_doubt(self) -> torch.Tensor:
         """Classes that may win in some cell (ascending ids)."""

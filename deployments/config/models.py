@@ -162,6 +162,15 @@ class ModelConfig(StrictModel):
     either way, so a wrong id never crash-loops a deployment). Ray's ``num_cpus`` is
     bookkeeping only; this is what keeps models off each other's cores. Default: unpinned."""
 
+    retain_freed_memory: bool = True
+    """Linux (glibc): the replica's process allocates from one heap and keeps what it frees
+    for the next batch (``MALLOC_ARENA_MAX=1``, ``MALLOC_MMAP_MAX_=0``, no trimming), instead
+    of mapping fresh, zeroed pages from the kernel for every large tensor of every batch.
+    SegFormer-B0 on 2 CPU cores: about 1.5x the images/s (``benchmarks/overhead.py``). The
+    cost: the process keeps its peak memory (bounded by ``batching``) until it exits. The
+    allocator PyTorch's tuning guide suggests (jemalloc, tcmalloc) does the same; set false
+    when you preload one of those. Elsewhere ignored."""
+
     label_max_pixels: int = Field(default=512 * 512, ge=1024)
     """Resolution bound for the arg-max: logits are upsampled to the original size only up
     to this many pixels; larger originals get a nearest-neighbour upscale of the label map."""

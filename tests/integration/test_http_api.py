@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import sys
 from typing import Any
 
 import httpx
@@ -129,6 +130,9 @@ def test_models_endpoints(client: httpx.Client) -> None:
     # Admission control: 32 running x 1 replica (one gateway) + 256 queued, none in flight.
     assert tiny["admission"] == {"in_flight": 0, "capacity": 32 + 256}
     assert tiny["device"]["kind"] == "cpu" and tiny["device"]["cpu_threads"] == 1
+    # The replica's process started with the heap policy (Ray's runtime_env), and applied it.
+    linux = sys.platform.startswith("linux")
+    assert tiny["heap"] == {"retained": linux, "started_retained": True}
     missing = client.get("/v1/models/nope")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_model"
     assert client.get("/healthz").json() == {"status": "ok"}

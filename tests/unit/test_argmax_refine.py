@@ -213,3 +213,20 @@ def test_the_kernels_rounding_is_known_on_this_cpu() -> None:
     if torch.backends.cpu.get_cpu_capability() in {"AVX2", "DEFAULT"}:
         assert replayed_arithmetic("cpu") is not None
     assert bilinear_replay.replayed_arithmetic is replayed_arithmetic
+
+
+@pytest.mark.parametrize(
+    ("kind", "classes"), [("normal", 150), ("noise", 150), ("normal", 300), ("dominant", 300)]
+)
+def test_many_classes(kind: str, classes: int) -> None:
+    """Random weights' scores keep most classes in the running (examined as all of them);
+    past 255 classes the per-cell counts are no longer bytes. Both stay exact."""
+    logits = make_logits(kind, classes, 24, 20, seed=classes)
+    kept, bar = contenders(logits)
+    cells = CellAnalysis(logits, kept, bar)
+    assert torch.equal(cells.in_doubt(), candidate_classes(logits))
+    assert bool((cells.count >= 1).all())
+    for out_h, out_w in [(110, 97), (24, 20), (48, 40)]:
+        expected = reference(logits, out_h, out_w, False)
+        labels = upsample_argmax(logits, out_h, out_w, torch.int64)
+        assert torch.equal(labels, expected), (kind, classes, out_h, out_w)
