@@ -143,9 +143,17 @@ def run() -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests-per-client", type=int, default=0, help="0: auto")
     parser.add_argument("--rounds", type=int, default=5, help="bare-adapter batches timed")
+    parser.add_argument(
+        "--glibc-heap",
+        action="store_true",
+        help="every model with retain_freed_memory: false (glibc's defaults), bare and served",
+    )
     options = parser.parse_args()
 
     args = shipped_args()
+    if options.glibc_heap:
+        models = [m.model_copy(update={"retain_freed_memory": False}) for m in args.models]
+        args = args.model_copy(update={"models": models})
     config = default_model(args)
     threads = config.cpu_threads or max(1, int(-(-config.num_cpus // 1)))
     load_before = os.getloadavg()[0]
@@ -184,6 +192,7 @@ def run() -> dict[str, Any]:
         "benchmark": "overhead",
         "model": config.name,
         "threads": threads,
+        "retain_freed_memory": config.retain_freed_memory,
         "load_average_before": round(load_before, 2),
         # The hypervisor's share of the CPU (others' VMs) while each part was timed: ratios
         # from parts with different steal compare different machines.
