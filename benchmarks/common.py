@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import statistics
@@ -27,6 +28,11 @@ def shipped_args() -> AppArgs:
 
 def default_model(args: AppArgs) -> ModelConfig:
     return next(m for m in args.models if m.name == args.default_model)
+
+
+def bare_threads(config: ModelConfig) -> int:
+    """Torch threads a replica of ``config`` runs on (its ``cpu_threads``, else its CPUs)."""
+    return config.cpu_threads or max(1, math.ceil(config.num_cpus))
 
 
 def load_adapter(config: ModelConfig, threads: int) -> Any:

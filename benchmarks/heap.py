@@ -24,7 +24,14 @@ import sys
 import time
 from typing import Any
 
-from benchmarks.common import REPO, StealMeter, default_model, load_adapter, shipped_args
+from benchmarks.common import (
+    REPO,
+    StealMeter,
+    bare_threads,
+    default_model,
+    load_adapter,
+    shipped_args,
+)
 from benchmarks.jsonout import json_stdout
 from deployments.pipeline.process import RETAINED_HEAP_ENV
 
@@ -40,7 +47,7 @@ def measure(batches: int) -> dict[str, float]:
     config = default_model(args)
     # The policy comes from the environment this process started with, nothing else.
     config = config.model_copy(update={"retain_freed_memory": False})
-    threads = config.cpu_threads or max(1, int(-(-config.num_cpus // 1)))
+    threads = bare_threads(config)
     adapter = load_adapter(config, threads)
     pixels = model_pixels(adapter, jpeg(640, 480), args.gateway.limits.image_limits())
     size = config.batching.max_batch_size

@@ -35,6 +35,7 @@ import numpy as np
 
 from benchmarks.common import (
     StealMeter,
+    bare_threads,
     default_model,
     load_adapter,
     local_serve,
@@ -155,7 +156,7 @@ def run() -> dict[str, Any]:
         models = [m.model_copy(update={"retain_freed_memory": False}) for m in args.models]
         args = args.model_copy(update={"models": models})
     config = default_model(args)
-    threads = config.cpu_threads or max(1, int(-(-config.num_cpus // 1)))
+    threads = bare_threads(config)
     load_before = os.getloadavg()[0]
     data = jpeg(640, 480)
     adapter = load_adapter(config, threads)

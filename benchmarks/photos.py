@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 
 from benchmarks.common import (
+    bare_threads,
     default_model,
     load_adapter,
     local_serve,
@@ -251,7 +252,7 @@ def run() -> dict[str, Any]:
     config = default_model(args)
     if options.model:
         config = next(m for m in args.models if m.name == options.model)
-    threads = config.cpu_threads or max(1, int(-(-config.num_cpus // 1)))
+    threads = bare_threads(config)
     scratch = Path(tempfile.mkdtemp(prefix="segserve-photos-"))
     paths = photo_paths(options.dir, scratch)
     if options.encode_only:

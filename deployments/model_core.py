@@ -68,21 +68,21 @@ class ModelCore:
 
         width, height = self.adapter.input_spec.target_size(512, 512)
         batching = self.config.batching
+        # The most images of this size one batch holds (by count and by pixels).
+        largest = max(
+            1, min(batching.max_batch_size, batching.max_batch_pixels // (width * height))
+        )
         if self.config.warmup_batches:
             self.adapter.warm_up()
             # And one batch as large as the replica forms, untimed: with retain_freed_memory
             # its tensors leave the heap mapped for every batch after it (none of them then
             # pays the kernel for fresh pages), the timed ones below included.
-            largest = max(
-                1, min(batching.max_batch_size, batching.max_batch_pixels // (width * height))
-            )
             if largest > 1:
                 blank = [np.zeros((height, width, 3), np.uint8)] * largest
                 self.adapter.predict_batch(blank, [(width, height)] * largest)
         samples = []
         for run in range(self.config.warmup_batches):
-            count = min(run + 1, batching.max_batch_size)
-            count = max(1, min(count, batching.max_batch_pixels // (width * height)))
+            count = min(run + 1, largest)
             images = [np.zeros((height, width, 3), np.uint8)] * count
             began = time.perf_counter()
             self.adapter.predict_batch(images, [(width, height)] * count)

@@ -166,7 +166,7 @@ class ModelConfig(StrictModel):
     """Linux (glibc): the replica's process allocates from one heap and keeps what it frees
     for the next batch (``MALLOC_ARENA_MAX=1``, ``MALLOC_MMAP_MAX_=0``, no trimming), instead
     of mapping fresh, zeroed pages from the kernel for every large tensor of every batch.
-    SegFormer-B0 on 2 CPU cores: about 1.5x the images/s (``benchmarks/overhead.py``). The
+    SegFormer-B0 on 2 CPU cores: about 1.4x the images/s (``benchmarks/heap.py``). The
     cost: the process keeps its peak memory (bounded by ``batching``) until it exits. The
     allocator PyTorch's tuning guide suggests (jemalloc, tcmalloc) does the same; set false
     when you preload one of those. Elsewhere ignored."""
